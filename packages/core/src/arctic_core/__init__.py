@@ -1,0 +1,3 @@
+"""Arctic core."""
+
+__version__ = "0.1.0"

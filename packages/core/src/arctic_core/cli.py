@@ -1,0 +1,205 @@
+"""The `arctic` command.
+
+Built-in commands (`train`, `config`, `plugins`, `data`) plus one command group per
+installed method (`arctic sft train ...`), discovered lazily: `arctic --help` imports only
+the plugins' light modules, never torch. Errors become a one-line message and an exit
+code: 2 for a bad recipe or bad usage, 1 for a failure while running.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from arctic_core import __version__, plugins
+from arctic_core.errors import ArcticError
+
+RECIPE_HELP = "Recipe file (TOML or YAML)."
+SET_HELP = "Override a recipe key: --set optimizer.lr=3e-4 (repeatable; value read as TOML, else a string)."
+
+# Options of DeepSpeed's launcher that `train` passes through (any other --option is passed too).
+LAUNCHER_OPTIONS = ("num_gpus", "num_nodes", "hostfile", "master_port", "master_addr", "include", "exclude")
+
+
+def recipe_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
+    return click.argument("recipe", type=click.Path(dir_okay=False))(func)
+
+
+def launcher_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.argument("launcher_args", nargs=-1, type=click.UNPROCESSED)(func)
+    for name in reversed(LAUNCHER_OPTIONS):
+        func = click.option(f"--{name}", default=None, help=f"DeepSpeed launcher --{name}.")(func)
+    return click.option("--local_rank", type=int, default=None, hidden=True)(func)
+
+
+def _launcher_args(options: dict[str, Any], extra: Sequence[str]) -> list[str]:
+    args: list[str] = []
+    for name in LAUNCHER_OPTIONS:
+        if options.get(name) is not None:
+            args += [f"--{name}", str(options[name])]
+    return args + list(extra)
+
+
+def train_command(method: str | None) -> click.Command:
+    """`arctic train` (type from the recipe) or `arctic <method> train` (type fixed)."""
+
+    @click.command(
+        "train",
+        context_settings={"ignore_unknown_options": True},
+        help="Train with RECIPE. DeepSpeed launcher options (--num_gpus 2, --hostfile ...) launch several ranks.",
+    )
+    @recipe_arguments
+    @launcher_arguments
+    def command(
+        recipe: str,
+        overrides: tuple[str, ...],
+        launcher_args: tuple[str, ...],
+        local_rank: int | None,
+        **options: Any,
+    ) -> None:
+        from arctic_core.launch import train
+
+        train(
+            recipe,
+            list(overrides),
+            _launcher_args(options, launcher_args),
+            method=method,
+            local_rank=local_rank,
+        )
+
+    return command
+
+
+class MethodGroup(click.Group):
+    """`arctic <method> ...`: `train` plus the plugin's own verbs, loaded when used."""
+
+    def __init__(self, found: plugins.InstalledMethod):
+        assert found.method is not None
+        super().__init__(found.name, help=found.method.description, short_help=found.method.description)
+        self.found = found
+        self._loaded = False
+        self.add_command(train_command(found.name))
+
+    def _load_verbs(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        assert self.found.method is not None
+        if self.found.method.commands:
+            group = plugins.load_reference(self.found.method.commands)
+            for name, command in group.commands.items():
+                self.add_command(command, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_verbs()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            self._load_verbs()
+        return super().get_command(ctx, cmd_name)
+
+
+def broken_command(found: plugins.InstalledMethod) -> click.Command:
+    """A method whose plugin cannot be used: says why and exits 1."""
+
+    @click.command(
+        found.name,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        short_help=f"[broken] {found.package} {found.version}: {found.error}",
+        add_help_option=False,
+    )
+    def command() -> None:
+        raise ArcticError(
+            f"method {found.name!r} from {found.package} {found.version} is broken: {found.error}"
+        )
+
+    return command
+
+
+class ArcticGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands) + [n for n in plugins.method_names() if n not in self.commands]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        found = plugins.get(cmd_name)
+        if found is None:
+            return None
+        return broken_command(found) if found.broken else MethodGroup(found)
+
+
+@click.group(cls=ArcticGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="arctic (arctic-core)")
+def cli() -> None:
+    """Arctic: post-training for large language models.
+
+    Methods come from installed packages (arctic-sft, arctic-swiftkv, ...): each adds
+    `arctic <method> train RECIPE`, and `arctic train RECIPE` picks the method from the
+    recipe's `type`.
+    """
+
+
+cli.add_command(train_command(None))
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect recipes without running anything."""
+
+
+@config_group.command("show")
+@recipe_arguments
+@click.option("--format", "fmt", type=click.Choice(["yaml", "toml"]), default="yaml", show_default=True)
+def config_show(recipe: str, overrides: tuple[str, ...], fmt: str) -> None:
+    """Print the fully resolved RECIPE, every default included."""
+    from arctic_core.recipe import load_recipe
+    from arctic_core.recipe.render import render
+
+    click.echo(render(load_recipe(recipe, overrides).config, fmt), nl=False)
+
+
+@config_group.command("check")
+@recipe_arguments
+def config_check(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Validate RECIPE: exit 0 if it is good, 2 naming the bad key if not."""
+    from arctic_core.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    click.echo(f"{recipe}: ok (type {loaded.config.type!r})")
+
+
+@cli.command("plugins")
+def plugins_command() -> None:
+    """List installed methods with their packages and versions."""
+    found = plugins.installed()
+    if not found:
+        click.echo("No methods installed. Install one, e.g. `pip install arctic-sft`.")
+        return
+    width = max(len(m.name) for m in found)
+    for m in found:
+        state = f"BROKEN: {m.error}" if m.broken else (m.method.description if m.method else "")
+        click.echo(f"{m.name:<{width}}  {m.package} {m.version}  {state}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: maps Arctic's errors to exit codes without tracebacks."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="arctic", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except ArcticError as exc:
+        click.echo(f"arctic: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)

@@ -1,0 +1,363 @@
+"""Recipe schema: one frozen, keyword-only attrs class per recipe table.
+
+Key names and defaults follow ArcticTraining's so its recipes run unchanged. Every field
+carries a one-line doc in its metadata (`arctic config show --docs` prints them). Checks
+that need several fields live in `__attrs_post_init__` and raise `FieldError`, which the
+recipe loader turns into a message naming the full key path. Nothing here touches the
+disk, the network or torch: parsing a recipe has no side effects.
+
+Methods extend the schema by subclassing `TrainerConfig` (and, where they need new keys
+in a table, that table's class) and naming the subclass in their plugin.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import attrs
+
+from arctic_core.errors import FieldError
+
+_NOTHING: Any = attrs.NOTHING
+_SOURCE_STRING = re.compile(r"^(?P<name>[^:]+?)(?::(?P<split>[A-Za-z0-9_.\-]+(?:\[[^\]]*\])?))?$")
+
+
+def setting(
+    default: Any = _NOTHING,
+    *,
+    doc: str,
+    factory: Callable[[], Any] | None = None,
+    check: Callable[[Any, attrs.Attribute, Any], None] | None = None,
+) -> Any:
+    """A recipe field: `doc` is its one-line description."""
+    if factory is not None:
+        return attrs.field(factory=factory, validator=check, metadata={"doc": doc})
+    return attrs.field(default=default, validator=check, metadata={"doc": doc})
+
+
+# --- validators: each raises FieldError naming its own field ------------------------------------
+
+
+def at_least(low: float) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and value < low:
+            raise FieldError(attribute.name, f"must be >= {low}, got {value!r}")
+
+    return check
+
+
+def greater_than(low: float) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and value <= low:
+            raise FieldError(attribute.name, f"must be > {low}, got {value!r}")
+
+    return check
+
+
+def between(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and not low <= value <= high:
+            raise FieldError(attribute.name, f"must be between {low} and {high}, got {value!r}")
+
+    return check
+
+
+def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and value not in choices:
+            hint = difflib.get_close_matches(str(value), choices, n=1)
+            tip = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise FieldError(attribute.name, f"must be one of {', '.join(choices)}; got {value!r}{tip}")
+
+    return check
+
+
+DTYPE_ALIASES = {
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "torch.bfloat16": "bf16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "torch.float32": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "torch.float16": "fp16",
+}
+
+
+def _dtype(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in DTYPE_ALIASES:
+        hint = difflib.get_close_matches(str(value), DTYPE_ALIASES, n=1)
+        tip = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise FieldError(attribute.name, f"must be bf16, fp32 or fp16; got {value!r}{tip}")
+
+
+def _canonical(instance: Any, name: str, value: Any) -> None:
+    object.__setattr__(instance, name, value)
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    """[model]: which network to train and how to build it."""
+
+    type: str = setting("huggingface", doc="Model factory: 'huggingface' (or one a method registers).")
+    name_or_path: str = setting(doc="Hub id or local folder of a pretrained model.")
+    dtype: str = setting("bf16", doc="Training precision: bf16, fp32, or fp16 (GPUs only).", check=_dtype)
+    attn_implementation: str = setting(
+        "sdpa",
+        doc="Attention backend: sdpa, eager, flash_attention_2, flash_attention_3 or flex_attention.",
+        check=one_of("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
+    )
+    disable_activation_checkpoint: bool = setting(False, doc="Turn activation checkpointing off.")
+    hf_config_kwargs: dict[str, Any] = setting(
+        factory=dict, doc="Overrides for the model's config; a changed shape means random init."
+    )
+    from_config: bool = setting(False, doc="Build from the config with random weights, not from weights.")
+    peft_config: dict[str, Any] | None = setting(
+        None, doc="PEFT adapter settings (peft_type = 'lora', r, ...)."
+    )
+    trainable_parameters: list[str] = setting(
+        factory=list, doc="Glob patterns of parameter names to train; empty trains all."
+    )
+    frozen_parameters: list[str] = setting(factory=list, doc="Glob patterns of parameter names to freeze.")
+    trust_remote_code: bool = setting(False, doc="Allow model code from the model's folder or hub repo.")
+    revision: str | None = setting(None, doc="Hub revision (branch, tag or commit).")
+
+    def __attrs_post_init__(self) -> None:
+        _canonical(self, "dtype", DTYPE_ALIASES[self.dtype])
+
+
+@attrs.frozen(kw_only=True)
+class TokenizerConfig:
+    """[tokenizer]: which tokenizer, and its chat template."""
+
+    name_or_path: str | None = setting(None, doc="Hub id or local folder; defaults to the model's.")
+    chat_template: str | None = setting(
+        None, doc="A Jinja chat template, or the path of a file holding one; overrides the tokenizer's."
+    )
+    tokenize_kwargs: dict[str, Any] = setting(factory=dict, doc="Extra keyword arguments for tokenizing.")
+
+
+@attrs.frozen(kw_only=True)
+class SourceConfig:
+    """One data source: a hub id, a local file or folder, or a table with options.
+
+    A plain string `name[:split]` is accepted wherever a source is expected.
+    """
+
+    type: str | None = setting(
+        None, doc="Loader: huggingface, jsonl, json, parquet, csv, disk; inferred when unset."
+    )
+    name_or_path: str = setting(doc="Hub dataset id, local file, or local folder.")
+    split: str | None = setting(None, doc="Split, with an optional slice: 'train', 'train[:1000]'.")
+    format: str | None = setting(
+        None,
+        doc="Row format: chat, sharegpt, alpaca, prompt_completion, text, preference; detected if unset.",
+        check=one_of("chat", "sharegpt", "alpaca", "prompt_completion", "text", "preference"),
+    )
+    role_mapping: dict[str, str] = setting(factory=dict, doc="Maps this source's column names to Arctic's.")
+    sample_count: int | None = setting(
+        None, doc="Keep this many rows, chosen with sample_seed.", check=at_least(1)
+    )
+    sample_ratio: float | None = setting(
+        None, doc="Keep this fraction of rows, chosen with sample_seed.", check=between(0.0, 1.0)
+    )
+    sample_seed: int = setting(42, doc="Seed for sample_count / sample_ratio.")
+    process: bool = setting(True, doc="Tokenize this source; false for rows that hold input_ids already.")
+    kwargs: dict[str, Any] = setting(factory=dict, doc="Extra keyword arguments for datasets.load_dataset.")
+
+    def __attrs_post_init__(self) -> None:
+        if self.sample_count is not None and self.sample_ratio is not None:
+            raise FieldError("sample_ratio", "set sample_count or sample_ratio, not both")
+
+    @classmethod
+    def from_string(cls, text: str) -> SourceConfig:
+        """`name`, `name:split` or `name:split[slice]` (a local path is taken whole)."""
+        match = _SOURCE_STRING.match(text)
+        if match is None or "://" in text:
+            return cls(name_or_path=text)
+        return cls(name_or_path=match["name"], split=match["split"])
+
+
+@attrs.frozen(kw_only=True)
+class DataConfig:
+    """[data]: sources, tokenization, masking, packing and caching."""
+
+    type: str | None = setting(None, doc="Data factory; the method's own when unset.")
+    sources: list[SourceConfig] = setting(factory=list, doc="Training data: hub ids, local paths or tables.")
+    eval_sources: list[SourceConfig] = setting(factory=list, doc="Evaluation data.")
+    train_eval_split: tuple[float, float] = setting(
+        (1.0, 0.0), doc="Fractions of the training data kept for training and held out for eval."
+    )
+    max_length: int = setting(8192, doc="Longest sample (or packed row) in tokens.", check=at_least(2))
+    div_length: int = setting(256, doc="Pad each batch's length up to a multiple of this.", check=at_least(1))
+    pad_to: str = setting(
+        "div_length",
+        doc="Pad batches to a multiple of div_length, or to max_length.",
+        check=one_of("div_length", "max_length"),
+    )
+    mask_inputs: bool = setting(True, doc="Train only on assistant tokens (false: on every token).")
+    pack_samples: bool = setting(False, doc="Pack several samples into each row, kept apart in attention.")
+    filter_samples: bool = setting(True, doc="Drop samples longer than max_length (false: truncate them).")
+    strict: bool = setting(False, doc="Make dropped samples (too long, nothing trainable) errors.")
+    num_proc: int | None = setting(
+        None, doc="Tokenizing processes; default min(16, CPU count).", check=at_least(1)
+    )
+    dl_num_workers: int = setting(2, doc="Data loader worker processes per rank.", check=at_least(0))
+    cache_dir: str | None = setting(None, doc="Tokenized-data cache; default ~/.cache/arctic/data.")
+    seed: int = setting(42, doc="Seed for shuffling and splitting the data.")
+
+    def __attrs_post_init__(self) -> None:
+        train, held_out = self.train_eval_split
+        if train < 0 or held_out < 0 or abs(train + held_out - 1.0) > 1e-6:
+            raise FieldError(
+                "train_eval_split",
+                f"must be two non-negative fractions that sum to 1, got {[train, held_out]}",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class OptimizerConfig:
+    """[optimizer]: AdamW and its settings."""
+
+    __recipe_aliases__: ClassVar[dict[str, str]] = {"learning_rate": "lr"}
+
+    type: str = setting(
+        "adamw",
+        doc="adamw (torch, no compiled op), fused_adam (GPUs) or cpu_adam (DeepSpeed).",
+        check=one_of("adamw", "fused_adam", "cpu_adam"),
+    )
+    lr: float = setting(5e-4, doc="Peak learning rate (alias: learning_rate).", check=greater_than(0.0))
+    weight_decay: float = setting(
+        0.1, doc="Decoupled weight decay; biases and norms get none.", check=at_least(0.0)
+    )
+    betas: tuple[float, float] = setting((0.9, 0.999), doc="Adam betas.")
+    eps: float = setting(1e-8, doc="Adam epsilon.", check=greater_than(0.0))
+
+    def __attrs_post_init__(self) -> None:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise FieldError("betas", f"each beta must be in [0, 1), got {list(self.betas)}")
+
+
+@attrs.frozen(kw_only=True)
+class SchedulerConfig:
+    """[scheduler]: learning-rate schedule over optimizer steps."""
+
+    name: str = setting(
+        "linear",
+        doc="linear, cosine, constant, or wsd (warmup-stable-decay).",
+        check=one_of("linear", "cosine", "constant", "wsd"),
+    )
+    warmup_ratio: float = setting(0.1, doc="Fraction of all steps spent warming up.", check=between(0.0, 1.0))
+    num_warmup_steps: int | None = setting(
+        None, doc="Warmup steps; overrides warmup_ratio.", check=at_least(0)
+    )
+    num_decay_steps: int | None = setting(None, doc="wsd: steps of the final decay.", check=at_least(0))
+    decay_ratio: float = setting(
+        0.1, doc="wsd: fraction of all steps for the decay.", check=between(0.0, 1.0)
+    )
+    min_lr_ratio: float = setting(
+        0.0, doc="Lowest learning rate, as a fraction of the peak.", check=between(0.0, 1.0)
+    )
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointConfig:
+    """[[checkpoint]]: one checkpoint engine and when it saves."""
+
+    type: str = setting(doc="huggingface (export) or deepspeed (full training state), or a method's own.")
+    output_dir: str | None = setting(None, doc="Where to write; default <run folder>/checkpoints/<type>.")
+    enabled: bool = setting(True, doc="Write this checkpoint at all.")
+    auto_resume: bool = setting(False, doc="Continue from the newest complete checkpoint (deepspeed only).")
+    save_every_n_steps: int = setting(0, doc="Save every N optimizer steps (0: never).", check=at_least(0))
+    save_every_n_epochs: int = setting(0, doc="Save every N epochs (0: never).", check=at_least(0))
+    save_end_of_training: bool = setting(False, doc="Save once training ends.")
+    keep_last_n: int = setting(0, doc="Keep only the newest N checkpoints (0: keep all).", check=at_least(0))
+    merge_adapters: bool = setting(False, doc="huggingface with PEFT: also export the merged model.")
+
+    def __attrs_post_init__(self) -> None:
+        if self.auto_resume and self.type != "deepspeed":
+            raise FieldError(
+                "auto_resume", f"only a deepspeed checkpoint can resume; this one is {self.type!r}"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class LoggerConfig:
+    """[logger]: run folder, log level, optional trackers."""
+
+    output_dir: str | None = setting(None, doc="Run folder; default runs/<recipe file stem>.")
+    level: str = setting("INFO", doc="Log level.", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    print_output_ranks: list[int] = setting(factory=lambda: [0], doc="Ranks that print to the console.")
+    tensorboard: bool = setting(False, doc="Also write TensorBoard event files (needs tensorboard).")
+    progress_bar: bool = setting(True, doc="Show a progress bar on rank 0.")
+
+
+@attrs.frozen(kw_only=True)
+class WandbConfig:
+    """[wandb]: Weights & Biases tracking, off by default."""
+
+    enable: bool = setting(False, doc="Log to Weights & Biases (needs wandb).")
+    project: str = setting("arctic", doc="Project name.")
+    entity: str | None = setting(None, doc="Team or user.")
+    name: str | None = setting(None, doc="Run name; default the run folder's name.")
+
+
+@attrs.frozen(kw_only=True)
+class TrainerConfig:
+    """A whole recipe: the training run and every table in it."""
+
+    type: str = setting("sft", doc="Method or registered trainer name.")
+    code: str | None = setting(
+        None, doc="Python file defining custom trainers; default ./train.py if present."
+    )
+    micro_batch_size: int = setting(
+        1, doc="Samples (or packed rows) per rank per micro-step.", check=at_least(1)
+    )
+    gradient_accumulation_steps: int = setting(1, doc="Micro-steps per optimizer step.", check=at_least(1))
+    epochs: int = setting(1, doc="Passes over the training data.", check=at_least(1))
+    train_iters: int = setting(
+        0, doc="Optimizer steps to run; 0: as many as `epochs` gives.", check=at_least(0)
+    )
+    exit_iteration: int = setting(0, doc="Stop after this optimizer step (0: never).", check=at_least(0))
+    seed: int = setting(42, doc="Seed for model init, dropout and data order.")
+    eval_interval: int = setting(0, doc="Evaluate every N optimizer steps (0: never).", check=at_least(0))
+    train_log_metrics_path: str | None = setting(
+        None, doc="Per-step metrics; default <run folder>/metrics.jsonl."
+    )
+    model: ModelConfig = setting(doc="[model] table.")
+    tokenizer: TokenizerConfig = setting(factory=TokenizerConfig, doc="[tokenizer] table.")
+    data: DataConfig = setting(factory=DataConfig, doc="[data] table.")
+    optimizer: OptimizerConfig = setting(factory=OptimizerConfig, doc="[optimizer] table.")
+    scheduler: SchedulerConfig = setting(factory=SchedulerConfig, doc="[scheduler] table.")
+    checkpoint: list[CheckpointConfig] = setting(factory=list, doc="[[checkpoint]] entries.")
+    logger: LoggerConfig = setting(factory=LoggerConfig, doc="[logger] table.")
+    wandb: WandbConfig = setting(factory=WandbConfig, doc="[wandb] table.")
+    deepspeed: dict[str, Any] = setting(factory=dict, doc="DeepSpeed config, merged over computed defaults.")
+
+    def __attrs_post_init__(self) -> None:
+        resuming = [c for c in self.checkpoint if c.auto_resume]
+        if len(resuming) > 1:
+            raise FieldError("checkpoint", "at most one [[checkpoint]] entry may set auto_resume = true")
+        if self.eval_interval and not (self.data.eval_sources or self.data.train_eval_split[1] > 0):
+            raise FieldError(
+                "eval_interval",
+                "needs evaluation data: set data.eval_sources or a held-out data.train_eval_split",
+            )
+
+    @property
+    def run_dir(self) -> str:
+        """The run folder (filled in by the recipe loader when unset)."""
+        return self.logger.output_dir or "runs/recipe"
+
+    @property
+    def metrics_path(self) -> str:
+        return self.train_log_metrics_path or f"{self.run_dir}/metrics.jsonl"

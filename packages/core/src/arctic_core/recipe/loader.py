@@ -1,0 +1,208 @@
+"""Reading a recipe: file -> dict -> `--set` overrides -> user code -> config object.
+
+This is the whole of "parsing": it reads the recipe file (and the `code:` file, which only
+defines classes), never creates a folder, starts distributed or opens a connection.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from arctic_core import plugins, registry
+from arctic_core.config import TrainerConfig
+from arctic_core.errors import ArcticError, RecipeError
+from arctic_core.recipe.convert import structure
+from arctic_core.usercode import load_user_code
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe file as a plain dict (TOML by suffix .toml, YAML otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError("recipe file not found", source=str(path))
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"invalid TOML: {exc}", source=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"invalid YAML: {exc}", source=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a table of keys, not {type(data).__name__}", source=str(path))
+    return data
+
+
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parse_key_path(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    position = 0
+    for match in _SEGMENT.finditer(key):
+        gap = key[position : match.start()]
+        if gap not in ("", "."):
+            raise RecipeError(f"cannot read key path {key!r}", path="--set")
+        parts.append(match[1] if match[1] is not None else int(match[2]))
+        position = match.end()
+    if not parts or position != len(key) or not isinstance(parts[0], str):
+        raise RecipeError(f"cannot read key path {key!r}", path="--set")
+    return parts
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML literal (`3e-4`, `true`, `[1, 2]`, `{a = 1}`), else the bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (`data.sources[0].split=train`) to a recipe dict."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise RecipeError(f"expected key.path=value, got {override!r}", path="--set")
+        parts = _parse_key_path(key.strip())
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            following = parts[i + 1]
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    raise RecipeError(f"{key}: index {part} is out of range", path="--set")
+                if isinstance(node[part], str) and isinstance(following, str):
+                    node[part] = {"name_or_path": node[part]}  # a source given as a string
+                node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    raise RecipeError(f"{key}: {part!r} is not inside a table", path="--set")
+                node = node.setdefault(part, [] if isinstance(following, int) else {})
+        last = parts[-1]
+        value = _parse_value(raw.strip())
+        if isinstance(last, int):
+            if not isinstance(node, list) or last > len(node):
+                raise RecipeError(f"{key}: index {last} is out of range", path="--set")
+            if last == len(node):
+                node.append(value)
+            else:
+                node[last] = value
+        else:
+            if not isinstance(node, dict):
+                raise RecipeError(f"{key}: {last!r} is not inside a table", path="--set")
+            node[last] = value
+    return data
+
+
+@attrs.frozen
+class Recipe:
+    """A resolved recipe: its config and where the trainer comes from."""
+
+    config: TrainerConfig
+    trainer_ref: str | type  # a plugin's "module:Class", or a class that user code registered
+    path: Path | None
+
+    def trainer_class(self) -> type:
+        if isinstance(self.trainer_ref, str):
+            return plugins.load_reference(self.trainer_ref)
+        return self.trainer_ref
+
+
+def _import_user_code(code: Any, source: str) -> None:
+    if code is not None and not isinstance(code, str):
+        raise RecipeError(f"expected a file path, got {code!r}", path="code", source=source)
+    try:
+        load_user_code(code)
+    except RecipeError as exc:
+        raise exc.with_source(source) from None
+    except Exception as exc:
+        frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        user_frames = [f for f in frames if "importlib" not in f and "arctic_core" not in f]
+        raise ArcticError("the recipe's code file failed to import:\n" + "".join(user_frames)) from None
+
+
+def resolve_type(type_name: str, source: str, method: str | None = None) -> tuple[type, str | type]:
+    """The config class and trainer for a recipe `type`."""
+    if method is not None and type_name != method and plugins.get(type_name) is not None:
+        raise RecipeError(
+            f"the recipe's type is {type_name!r} but the command is `arctic {method} train`",
+            path="type",
+            source=source,
+        )
+    found = plugins.get(type_name)
+    if found is not None:
+        if found.method is None:
+            raise ArcticError(
+                f"method {type_name!r} ({found.package} {found.version}) is broken: {found.error}"
+            )
+        return found.method.config_class(), found.method.trainer
+    trainer = registry.get_trainer(type_name)
+    if trainer is not None:
+        return trainer.config_class, trainer  # type: ignore[attr-defined]
+    known = sorted(set(plugins.method_names()) | set(registry.trainer_names()))
+    hint = difflib.get_close_matches(type_name, known, n=1)
+    tip = f" (did you mean {hint[0]!r}?)" if hint else ""
+    listed = ", ".join(known) if known else "none (install a method package such as arctic-sft)"
+    raise RecipeError(
+        f"unknown type {type_name!r}{tip}. Installed types: {listed}", path="type", source=source
+    )
+
+
+def load_recipe(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    data: Mapping[str, Any] | None = None,
+    method: str | None = None,
+) -> Recipe:
+    """Read, override and check a recipe; `method` fixes the type (`arctic sft train`)."""
+    source = str(path) if path is not None else "<recipe>"
+    raw = dict(data) if data is not None else read_recipe(path)  # type: ignore[arg-type]
+    try:
+        raw = apply_overrides(raw, overrides)
+    except RecipeError as exc:
+        raise exc.with_source(source) from None
+    if method is not None:
+        raw.setdefault("type", method)
+    type_name = raw.setdefault("type", TrainerConfig.__attrs_attrs__.type.default)  # type: ignore[attr-defined]
+    if not isinstance(type_name, str):
+        raise RecipeError(f"expected a string, got {type_name!r}", path="type", source=source)
+    _import_user_code(raw.get("code"), source)
+    config_class, trainer_ref = resolve_type(type_name, source, method)
+    logger = raw.setdefault("logger", {})
+    if isinstance(logger, dict) and path is not None:
+        logger.setdefault("output_dir", f"runs/{Path(path).stem}")
+    config = structure(raw, config_class, source=source)
+    return Recipe(config=config, trainer_ref=trainer_ref, path=Path(path) if path is not None else None)
