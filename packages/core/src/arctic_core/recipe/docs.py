@@ -19,7 +19,7 @@ def _default(field: attrs.Attribute) -> str:
     if field.default is attrs.NOTHING:
         return "required"
     if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-        value = field.default.factory()  # type: ignore[attr-defined]
+        value = field.default.factory()  # type: ignore[union-attr]
         return "(table)" if attrs.has(type(value)) else f"`{value!r}`"
     return f"`{field.default!r}`"
 
