@@ -174,6 +174,20 @@ def config_check(recipe: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"{recipe}: ok (type {loaded.config.type!r})")
 
 
+@cli.group("data")
+def data_group() -> None:
+    """Prepare training data without training."""
+
+
+@data_group.command("prepare")
+@recipe_arguments
+def data_prepare(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Tokenize, mask, filter, pack and cache RECIPE's data, as `train` would before training."""
+    from arctic_core.data.prepare import prepare
+
+    click.echo(prepare(recipe, overrides))
+
+
 @cli.command("plugins")
 def plugins_command() -> None:
     """List installed methods with their packages and versions."""
