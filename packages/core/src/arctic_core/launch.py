@@ -1,15 +1,90 @@
-"""`arctic train`: run in this process, or re-launch through DeepSpeed's launcher."""
+"""`arctic train`: run in this process, or re-launch through DeepSpeed's launcher.
+
+Without launcher options (or with options that ask for one process) the recipe trains in
+the current process, as rank 0 of a world of one. Otherwise the command re-runs itself as
+`python -m arctic_core [method] train RECIPE --set ...` under `deepspeed.launcher.runner`,
+one rank per process; each rank receives `--local_rank` and the launcher's environment
+(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). On a machine without CUDA, `--num_gpus 2`
+starts two CPU ranks over gloo. The recipe is checked before anything is launched.
+"""
 
 from __future__ import annotations
 
-from arctic_core.errors import ArcticError
-from arctic_core.recipe import load_recipe
+import os
+from collections.abc import Sequence
+
+from arctic_core.recipe import Recipe, load_recipe
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of `--name value` or `--name=value` in launcher arguments."""
+    for i, arg in enumerate(args):
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def single_process(launcher_args: Sequence[str]) -> bool:
+    """True when the launcher options ask for one process on one machine (or there are none)."""
+    if not launcher_args:
+        return True
+    known = {"--num_gpus", "--num_nodes"}
+    flags = [a.split("=", 1)[0] for a in launcher_args if a.startswith("--")]
+    if any(flag not in known for flag in flags):
+        return False
+    return _option(launcher_args, "num_gpus") in (None, "1") and _option(launcher_args, "num_nodes") in (
+        None,
+        "1",
+    )
+
+
+def run_in_process(recipe: Recipe, local_rank: int | None = None) -> None:
+    """Build the recipe's trainer here and train (a rank of a launched job, or a one-rank run)."""
+    trainer_class = recipe.trainer_class()
+    trainer = trainer_class(recipe.config, local_rank=local_rank)
+    trainer.train()
+
+
+def relaunch_command(
+    recipe: str, overrides: Sequence[str], launcher_args: Sequence[str], method: str | None
+) -> list[str]:
+    """The argument list for `deepspeed.launcher.runner.main`: launcher options, then this command."""
+    args = list(launcher_args)
+    if _option(args, "master_port") is None and _option(args, "hostfile") is None:
+        from arctic_core.engine.distributed import free_port
+
+        args += ["--master_port", str(free_port())]
+    command = ["--module", "arctic_core", *([method] if method else []), "train", recipe]
+    for override in overrides:
+        command += ["--set", override]
+    return args + command
+
+
+def _thread_defaults(launcher_args: Sequence[str]) -> None:
+    """CPU ranks share the machine's cores: give each an equal share unless OMP_NUM_THREADS is set."""
+    from arctic_core.engine.distributed import has_cuda
+
+    if has_cuda():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    ranks = int(_option(launcher_args, "num_gpus") or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(ranks, 1))))
 
 
 def train(
     recipe: str, overrides: list[str], launcher_args: list[str], *, method: str | None, local_rank: int | None
 ) -> None:
     loaded = load_recipe(recipe, overrides, method=method)
-    raise ArcticError(
-        f"training is not available yet in this arctic-core build (recipe {loaded.path} is valid)"
-    )
+    if single_process(launcher_args):
+        run_in_process(loaded, local_rank)
+        return
+    from arctic_core.engine.deepspeed_config import check_precision
+    from arctic_core.engine.distributed import has_cuda
+
+    check_precision(loaded.config, cuda=has_cuda())
+    _thread_defaults(launcher_args)
+    from deepspeed.launcher import runner
+
+    runner.main(relaunch_command(recipe, overrides, launcher_args, method))

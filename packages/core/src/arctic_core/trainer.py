@@ -3,24 +3,383 @@
 A method subclasses `Trainer` (or another method's trainer), sets `name` and
 `config_class`, and overrides a hook or two. Setting `name` registers the class, which is
 how a recipe's `type` (and the seed README's custom trainers) select it.
+
+`train()` runs the named setup steps in order, then the loop:
+
+    setup_distributed -> setup_run_folder -> setup_tokenizer -> setup_data -> setup_loaders
+    -> setup_model -> setup_optimizer -> setup_scheduler -> setup_engine -> setup_checkpoints
+    for each optimizer step: gather `gradient_accumulation_steps` micro-batches, weight each
+    by its share of the global batch's trainable tokens, forward + backward each, step,
+    log one metrics line, maybe evaluate, maybe checkpoint.
+
+Hooks for methods (override in a subclass):
+
+- `loss(batch)`: the micro-batch's mean loss over its trainable tokens (default: causal-LM
+  cross-entropy with the shift). It may run several forward passes (`forward(batch)`).
+- `build_model()`, `transform_model(model)`: build the network; add or patch modules.
+- `select_trainable(model)`: which parameters train (default: the recipe's glob patterns).
+- `setup_data()`: datasets and the collate function (default: `arctic_core.data.DataFactory`).
+- `before_optimizer_step()`: called once per step after the last backward, gradients complete.
+- `step_metrics()`: extra numbers for the step's metrics line.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
 from arctic_core.config import TrainerConfig
+from arctic_core.errors import ArcticError
 from arctic_core.registry import register_trainer
 
 
 class Trainer:
     name: ClassVar[str]
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
+    auto_model_class: ClassVar[Any] = None
+    """transformers Auto class for `build_model` (None: AutoModelForCausalLM)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             register_trainer(cls)
 
-    def __init__(self, config: TrainerConfig):
+    def __init__(self, config: TrainerConfig, *, local_rank: int | None = None):
         self.config = config
+        self.local_rank = local_rank
+        self.tokenizer: Any = None
+        self.train_dataset: Any = None
+        self.eval_dataset: Any = None
+        self.collate: Any = None
+        self.model: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.engine: Any = None
+        self.ds_config: dict[str, Any] = {}
+        self.checkpoints: list[Any] = []
+        self.global_step = 0
+        self.epoch = 0
+        self.total_steps = 0
+        self.steps_per_epoch = 0
+        self._is_setup = False
+
+    # --- setup steps --------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Run every setup step once, in order."""
+        if self._is_setup:
+            return
+        self.setup_distributed()
+        self.setup_run_folder()
+        self.setup_tokenizer()
+        self.setup_data()
+        self.setup_loaders()
+        self.setup_model()
+        self.setup_optimizer()
+        self.setup_scheduler()
+        self.setup_engine()
+        self.setup_checkpoints()
+        self._is_setup = True
+
+    def setup_distributed(self) -> None:
+        """Check precision against the hardware, start the process group, build the DeepSpeed config."""
+        from transformers import set_seed
+
+        from arctic_core.engine import deepspeed_config, distributed
+
+        deepspeed_config.check_precision(self.config, cuda=distributed.has_cuda())
+        distributed.init_distributed(self.local_rank)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.device = distributed.device()
+        self.ds_config = deepspeed_config.build_deepspeed_config(self.config, self.world_size)
+        self.zero_stage = deepspeed_config.zero_stage(self.ds_config)
+        set_seed(self.config.seed)  # python, numpy, torch (and CUDA)
+
+    def setup_run_folder(self) -> None:
+        """Per-rank log files, and the resolved recipe saved in the run folder."""
+        from arctic_core.engine import distributed
+        from arctic_core.engine.metrics import setup_logging
+        from arctic_core.recipe.render import render
+
+        run_dir = Path(self.config.run_dir)
+        self.log = setup_logging(self.config, self.rank)
+        if self.rank == 0:
+            (run_dir / "recipe.yaml").write_text(render(self.config, "yaml"))
+        distributed.barrier()
+        self.log.info("run folder %s, %d rank(s), ZeRO stage %d", run_dir, self.world_size, self.zero_stage)
+
+    def setup_tokenizer(self) -> None:
+        from arctic_core.data import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.config)
+
+    def setup_data(self) -> None:
+        """Set `train_dataset`, `eval_dataset` (or None) and `collate` (rows -> batch)."""
+        from arctic_core.data import DataFactory
+
+        factory = DataFactory(self.config, self.tokenizer, run_dir=Path(self.config.run_dir))
+        self.train_dataset = factory.train_dataset()
+        self.eval_dataset = factory.eval_dataset()
+        self.collate = factory.collate
+
+    def setup_loaders(self) -> None:
+        """The sharded, seeded train loader, and the step counts it implies."""
+        from arctic_core.engine.loop import train_loader
+
+        self.train_loader, self.train_sampler = train_loader(
+            self.train_dataset,
+            self.collate,
+            batch_size=self.config.micro_batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.config.data.seed,
+            workers=self.config.data.dl_num_workers,
+        )
+        self.steps_per_epoch = len(self.train_loader) // self.config.gradient_accumulation_steps
+        if self.steps_per_epoch == 0:
+            raise ArcticError(
+                f"the training data ({len(self.train_dataset)} samples) does not fill one optimizer step of "
+                f"{self.config.micro_batch_size * self.config.gradient_accumulation_steps * self.world_size} samples"
+            )
+        self.total_steps = self.config.train_iters or self.config.epochs * self.steps_per_epoch
+
+    def setup_model(self) -> None:
+        """Build the model, let the method transform it, choose the trainable parameters."""
+        model = self.build_model()
+        model = self.transform_model(model)
+        self.trainable_names = self.select_trainable(model)
+        self.model = model
+
+    def setup_optimizer(self) -> None:
+        from arctic_core.engine import distributed
+        from arctic_core.engine.optimizer import build_optimizer
+
+        assert self.model is not None
+        self.optimizer = build_optimizer(self.model, self.config.optimizer, cuda=distributed.has_cuda())
+
+    def setup_scheduler(self) -> None:
+        from arctic_core.engine.scheduler import build_scheduler
+
+        assert self.optimizer is not None
+        self.scheduler = build_scheduler(self.optimizer, self.config.scheduler, self.total_steps)
+
+    def setup_engine(self) -> None:
+        import deepspeed
+
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.model,
+            optimizer=self.optimizer,
+            lr_scheduler=self.scheduler,
+            config=self.ds_config,
+            dist_init_required=False,
+        )
+        self.model = self.engine.module
+
+    def setup_checkpoints(self) -> None:
+        from arctic_core.engine.checkpoint import checkpoint_engine_class
+
+        self.checkpoints = [
+            checkpoint_engine_class(entry.type, i)(self, entry)
+            for i, entry in enumerate(self.config.checkpoint)
+        ]
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def build_model(self) -> torch.nn.Module:
+        """The network from `[model]` (partitioned while built under ZeRO-3)."""
+        from arctic_core.engine.model import build_model
+
+        return build_model(
+            self.config.model, self.ds_config, seed=self.config.seed, auto_class=self.auto_model_class
+        )
+
+    def transform_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Add or patch modules before the trainable parameters are chosen (default: unchanged)."""
+        return model
+
+    def select_trainable(self, model: torch.nn.Module) -> list[str]:
+        """Set `requires_grad`; returns the trainable parameter names (default: the recipe's globs)."""
+        from arctic_core.engine.model import select_trainable
+
+        return select_trainable(
+            model, self.config.model.trainable_parameters, self.config.model.frozen_parameters
+        )
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        """One forward pass of the engine on the batch's model inputs."""
+        from arctic_core.engine.loop import model_inputs
+
+        return self.engine(**model_inputs(batch), use_cache=False)
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean causal-LM cross-entropy over the micro-batch's trainable tokens."""
+        from arctic_core.engine.loop import causal_lm_loss
+
+        return causal_lm_loss(self.forward(batch).logits, batch["labels"])
+
+    def before_optimizer_step(self) -> None:
+        """Called after the step's last backward, before the optimizer step (gradients are complete)."""
+
+    def step_metrics(self) -> dict[str, Any]:
+        """Extra values for this step's metrics line."""
+        return {}
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Set up, then train for `train_iters` optimizer steps or `epochs` epochs."""
+        from arctic_core.engine.metrics import MetricsWriter
+
+        self.setup()
+        self.log.info("training %d optimizer steps (%d per epoch)", self.total_steps, self.steps_per_epoch)
+        self.metrics = MetricsWriter(self.config, rank=self.rank, total_steps=self.total_steps)
+        try:
+            while not self._finished():
+                if self.train_epoch():
+                    for checkpoint in self.checkpoints:
+                        checkpoint.after_epoch(self.epoch)
+                self.epoch += 1
+            for checkpoint in self.checkpoints:
+                checkpoint.end_of_training()
+        finally:
+            self.metrics.close()
+        self.log.info("training finished after %d optimizer steps", self.global_step)
+
+    def _finished(self) -> bool:
+        exit_at = self.config.exit_iteration
+        return self.global_step >= self.total_steps or bool(exit_at and self.global_step >= exit_at)
+
+    def train_epoch(self) -> bool:
+        """One pass over the data (reshuffled for this epoch); False when training ended part-way through.
+
+        Micro-batches left over after the epoch's last full optimizer step are skipped.
+        """
+        gas = self.config.gradient_accumulation_steps
+        self.train_sampler.set_epoch(self.epoch)
+        batches = iter(self.train_loader)
+        for _ in range(self.steps_per_epoch):
+            if self._finished():
+                return False
+            self.train_step([next(batches) for _ in range(gas)])
+        return True
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> None:
+        """One optimizer step over this rank's micro-batches, with the global token weighting."""
+        from arctic_core.engine import distributed
+        from arctic_core.engine.loop import to_device, trainable_count
+
+        start = time.perf_counter()
+        self.engine.train()
+        counts = [trainable_count(b) for b in micro_batches]
+        (total,) = distributed.all_reduce_sum([sum(counts)])
+        if total <= 0:
+            raise ArcticError(f"step {self.global_step + 1}: the global batch has no trainable token")
+        ranks = self.engine.dp_world_size
+        weighted = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, (batch, count) in enumerate(zip(micro_batches, counts)):
+            loss = self.loss(to_device(batch, self.device))
+            weighted += loss.detach().double() * count
+            self.engine.backward(loss * (count * ranks / total), scale_wrt_gas=False)
+            if i == len(micro_batches) - 1:
+                record = self._close_step(float(weighted), total, micro_batches)
+            self.engine.step()
+        self.global_step += 1
+        if record["grad_norm"] is None:
+            record["grad_norm"] = self._engine_grad_norm()
+        self._finish_step(record, start)
+
+    def _close_step(
+        self, weighted: float, total: float, micro_batches: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """After the last backward, before the optimizer step: the step's loss (checked), lr, counts."""
+        from arctic_core.engine import distributed
+        from arctic_core.engine.loop import labelled_count, token_count
+
+        step = self.global_step + 1
+        loss_sum, tokens, labelled = distributed.all_reduce_sum(
+            [
+                weighted,
+                sum(token_count(b) for b in micro_batches),
+                sum(labelled_count(b) for b in micro_batches),
+            ]
+        )
+        step_loss = loss_sum / total
+        if not math.isfinite(step_loss):
+            raise ArcticError(f"step {step}: the loss is {step_loss} (not finite); stopping")
+        record = {
+            "step": step,
+            "epoch": self.epoch,
+            "loss": step_loss,
+            "lr": self.current_lr(),
+            "grad_norm": self._grad_norm_before_step(),
+            "tokens": int(tokens),
+            "trainable_tokens": int(labelled),
+        }
+        self.before_optimizer_step()
+        return record
+
+    def _finish_step(self, record: dict[str, Any], start: float) -> None:
+        from arctic_core.engine.metrics import peak_memory_gb
+
+        seconds = time.perf_counter() - start
+        interval = self.config.eval_interval
+        if interval and self.global_step % interval == 0 and self.eval_dataset is not None:
+            record.update(self.evaluate())
+        record.update(
+            seconds=seconds,
+            tokens_per_s=record["tokens"] / max(seconds, 1e-9),
+            peak_memory_gb=peak_memory_gb(self.device),
+            **self.step_metrics(),
+        )
+        self.metrics.write(record)
+        self.log.debug("step %s", record)
+        for checkpoint in self.checkpoints:
+            checkpoint.after_step(self.global_step)
+
+    def current_lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def _grad_norm_before_step(self) -> float | None:
+        """DeepSpeed reports no norm for ZeRO-0 in fp32; there the gradients are plain `.grad`s."""
+        if self.zero_stage != 0 or self.engine.bfloat16_enabled() or self.engine.fp16_enabled():
+            return None
+        grads = [p.grad.detach().float() for p in self.engine.module.parameters() if p.grad is not None]
+        return (
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            if grads
+            else 0.0
+        )
+
+    def _engine_grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else None
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted loss and perplexity over the eval data, each sample counted once across ranks."""
+        from arctic_core.engine import distributed
+        from arctic_core.engine.loop import eval_batch_count, eval_batches, to_device, trainable_count
+
+        self.engine.eval()
+        size, mbs, world = len(self.eval_dataset), self.config.micro_batch_size, self.world_size
+        rounds = max(eval_batch_count(size, batch_size=mbs, rank=r, world_size=world) for r in range(world))
+        mine = eval_batches(self.eval_dataset, self.collate, batch_size=mbs, rank=self.rank, world_size=world)
+        filler: dict[str, Any] | None = None
+        loss_sum = tokens = 0.0
+        for _ in range(rounds):  # every rank runs as many forwards: ZeRO-3 gathers parameters collectively
+            batch = next(mine, None)
+            if batch is None:  # this rank has run out: a forward whose result is discarded
+                filler = filler or self.collate([self.eval_dataset[0]])
+                self.loss(to_device(filler, self.device))
+                continue
+            count = trainable_count(batch)
+            loss_sum += float(self.loss(to_device(batch, self.device))) * count
+            tokens += count
+        loss_sum, tokens = distributed.all_reduce_sum([loss_sum, tokens])
+        self.engine.train()
+        eval_loss = loss_sum / max(tokens, 1.0)
+        return {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 700.0))}

@@ -1,0 +1,226 @@
+"""Checkpoint engines, a small registry keyed by `[[checkpoint]] type`, and the `huggingface` export.
+
+A checkpoint engine decides when it saves (`save_every_n_steps`, `save_every_n_epochs`,
+`save_end_of_training`) and writes one folder. Every folder is written under a temporary
+name beside its target and renamed when complete, so a killed run never leaves a
+half-written checkpoint under the real name. Methods add their own types with
+`@register_checkpoint("name")`. The `deepspeed` type (full training state, resume) is not
+in this build yet: a recipe asking for it gets a `RecipeError`.
+
+Folders: periodic saves go to `<output_dir>/global_step_<N>` (or `epoch_<E>`), the
+end-of-training save to `<output_dir>` itself; `output_dir` defaults to
+`<run folder>/checkpoints/<type>`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from arctic_core.config import CheckpointConfig
+from arctic_core.engine import distributed
+from arctic_core.errors import RecipeError
+
+if TYPE_CHECKING:
+    from arctic_core.trainer import Trainer
+
+_ENGINES: dict[str, type[CheckpointEngine]] = {}
+RECIPE_FILE = "arctic_recipe.yaml"
+
+
+def register_checkpoint(name: str) -> Callable[[type[CheckpointEngine]], type[CheckpointEngine]]:
+    def decorate(cls: type[CheckpointEngine]) -> type[CheckpointEngine]:
+        existing = _ENGINES.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"checkpoint type {name!r} is registered by both {existing} and {cls}")
+        cls.type = name
+        _ENGINES[name] = cls
+        return cls
+
+    return decorate
+
+
+def checkpoint_engine_class(name: str, index: int) -> type[CheckpointEngine]:
+    if name not in _ENGINES:
+        known = ", ".join(sorted(_ENGINES))
+        later = (
+            " (the deepspeed type is not available in this arctic-core build yet)"
+            if name == "deepspeed"
+            else ""
+        )
+        raise RecipeError(
+            f"unknown checkpoint type {name!r}{later}; available: {known}", path=f"checkpoint[{index}].type"
+        )
+    return _ENGINES[name]
+
+
+PERIODIC_PREFIXES = ("global_step_", "epoch_")
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Rank 0 writes into a temporary folder that replaces `target` once the block completes.
+
+    Periodic checkpoints already inside `target` (`global_step_*`, `epoch_*`) move into the new folder.
+    """
+    temp = target.parent / f".{target.name}.incomplete"
+    if distributed.rank() == 0:
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+    yield temp
+    distributed.barrier()
+    if distributed.rank() == 0:
+        old = target.parent / f".{target.name}.old"
+        if target.exists():
+            for child in target.iterdir():
+                if (
+                    child.is_dir()
+                    and child.name.startswith(PERIODIC_PREFIXES)
+                    and not (temp / child.name).exists()
+                ):
+                    child.rename(temp / child.name)
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        temp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+
+
+class CheckpointEngine:
+    """Saves one kind of checkpoint on the schedule its `[[checkpoint]]` entry gives."""
+
+    type: ClassVar[str]
+
+    def __init__(self, trainer: Trainer, config: CheckpointConfig):
+        self.trainer = trainer
+        self.config = config
+        self.output_dir = Path(config.output_dir or Path(trainer.config.run_dir) / "checkpoints" / self.type)
+
+    def after_step(self, step: int) -> None:
+        every = self.config.save_every_n_steps
+        if self.config.enabled and every and step % every == 0:
+            self.save_to(self.output_dir / f"global_step_{step}")
+            self.prune("global_step_")
+
+    def after_epoch(self, epoch: int) -> None:
+        every = self.config.save_every_n_epochs
+        if self.config.enabled and every and (epoch + 1) % every == 0:
+            self.save_to(self.output_dir / f"epoch_{epoch + 1}")
+            self.prune("epoch_")
+
+    def prune(self, prefix: str) -> None:
+        """With `keep_last_n`, delete all but the newest N periodic checkpoints of this kind (rank 0)."""
+        keep = self.config.keep_last_n
+        if not keep or distributed.rank() != 0 or not self.output_dir.is_dir():
+            return
+        found = [p for p in self.output_dir.iterdir() if p.is_dir() and p.name.startswith(prefix)]
+        found.sort(key=lambda p: int(p.name[len(prefix) :]) if p.name[len(prefix) :].isdigit() else -1)
+        for old in found[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def end_of_training(self) -> None:
+        if self.config.enabled and self.config.save_end_of_training:
+            self.save_to(self.output_dir)
+
+    def save_to(self, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(target) as temp:
+            self.save(temp)
+        self.trainer.log.info("saved %s checkpoint to %s", self.type, target)
+
+    def save(self, folder: Path) -> None:
+        """Write the checkpoint into `folder` (every rank calls this; rank 0 writes)."""
+        raise NotImplementedError
+
+
+def gathered_state_dict(module: torch.nn.Module, zero3: bool) -> dict[str, torch.Tensor]:
+    """The full state dict on rank 0 (empty elsewhere); ZeRO-3 parameters are gathered one at a time."""
+    if not zero3:
+        return (
+            {k: v.detach().cpu() for k, v in module.state_dict().items()} if distributed.rank() == 0 else {}
+        )
+    import deepspeed
+
+    state: dict[str, torch.Tensor] = {}
+    param_names = set()
+    for name, param in module.named_parameters(remove_duplicate=False):
+        param_names.add(name)
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if distributed.rank() == 0:
+                state[name] = param.detach().cpu().clone()
+    if distributed.rank() == 0:
+        for name, tensor in module.state_dict().items():
+            if name not in param_names:
+                state[name] = tensor.detach().cpu()
+    return state
+
+
+def end_of_turn_token_id(tokenizer: Any) -> int | None:
+    """The special token that closes an assistant turn in the tokenizer's chat template, if any.
+
+    Renders a two-turn conversation whose answer is a probe string and reads the first token
+    after the probe: `<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3. None when there is no
+    template or the next token is not a special token.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = "ARCTICPROBEANSWER"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that rejects this conversation has no end-of-turn token we can find
+        return None
+    if probe not in text:
+        return None
+    after = text[text.rindex(probe) + len(probe) :]
+    ids = tokenizer.encode(after.lstrip(" "), add_special_tokens=False)
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+    }
+    return ids[0] if ids and ids[0] in special else None
+
+
+def stop_token_ids(model_config: Any, generation_config: Any, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    for source in (
+        getattr(generation_config, "eos_token_id", None),
+        getattr(model_config, "eos_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+        end_of_turn_token_id(tokenizer),
+    ):
+        for token in source if isinstance(source, list) else [source]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids
+
+
+@register_checkpoint("huggingface")
+class HuggingFaceCheckpoint(CheckpointEngine):
+    """safetensors + config + generation config + tokenizer + the resolved recipe; `from_pretrained` loads it."""
+
+    def save(self, folder: Path) -> None:
+        from transformers import GenerationConfig
+
+        from arctic_core.recipe.render import render
+
+        trainer = self.trainer
+        module: Any = trainer.engine.module if trainer.engine is not None else trainer.model
+        state = gathered_state_dict(module, trainer.zero_stage == 3)
+        if distributed.rank() != 0:
+            return
+        module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        generation = getattr(module, "generation_config", None) or GenerationConfig.from_model_config(
+            module.config
+        )
+        eos = stop_token_ids(module.config, generation, trainer.tokenizer)
+        if eos:
+            generation.eos_token_id = eos if len(eos) > 1 else eos[0]
+        generation.save_pretrained(folder)
+        if trainer.tokenizer is not None:
+            trainer.tokenizer.save_pretrained(folder)
+        (folder / RECIPE_FILE).write_text(render(trainer.config, "yaml"))

@@ -1,0 +1,118 @@
+"""What a run reports: per-rank log files, a progress bar, one JSON line per optimizer step, trackers.
+
+- Log files: `<run folder>/logs/rank_<N>.log` for every rank; only ranks listed in
+  `logger.print_output_ranks` also log to the console.
+- Progress bar (rank 0, tqdm): optimizer steps, loss, tokens/s and the time left.
+- Metrics: rank 0 appends one JSON object per optimizer step to `config.metrics_path`; a step
+  that evaluated also carries `eval_loss` and `eval_perplexity`.
+- Trackers: Weights & Biases (`[wandb] enable = true`) and TensorBoard (`logger.tensorboard`),
+  imported only when enabled; a missing package is an `ArcticError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arctic_core.config import TrainerConfig
+from arctic_core.errors import ArcticError
+
+LOGGER_NAME = "arctic"
+log = logging.getLogger(LOGGER_NAME)
+
+
+def setup_logging(config: TrainerConfig, rank: int) -> logging.Logger:
+    """Per-rank file logs, and console logs on the ranks that print."""
+    folder = Path(config.run_dir) / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    log.setLevel(config.logger.level)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
+    file_handler = logging.FileHandler(folder / f"rank_{rank}.log")
+    file_handler.setFormatter(fmt)
+    log.addHandler(file_handler)
+    if rank in config.logger.print_output_ranks:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        log.addHandler(console)
+    return log
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """GPU: max allocated on this device; CPU: this process's max resident set size (GiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _import_tracker(package: str, extra: str) -> Any:
+    try:
+        return __import__(package)
+    except ImportError:
+        raise ArcticError(
+            f"{package} is enabled in the recipe but not installed; pip install 'arctic-core[{extra}]'"
+        ) from None
+
+
+class MetricsWriter:
+    """Rank 0's per-step outputs: the JSONL file, the progress bar and optional trackers."""
+
+    def __init__(self, config: TrainerConfig, *, rank: int, total_steps: int):
+        self.enabled = rank == 0
+        self.path = Path(config.metrics_path)
+        self.bar: Any = None
+        self.wandb: Any = None
+        self.tensorboard: Any = None
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        if config.logger.progress_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
+        if config.wandb.enable:
+            wandb = _import_tracker("wandb", "wandb")
+            self.wandb = wandb.init(
+                project=config.wandb.project,
+                entity=config.wandb.entity,
+                name=config.wandb.name or Path(config.run_dir).name,
+                dir=config.run_dir,
+            )
+        if config.logger.tensorboard:
+            _import_tracker("tensorboard", "tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(Path(config.run_dir) / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as out:
+            out.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=record["step"])
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
