@@ -312,6 +312,20 @@ class WandbConfig:
 
 
 @attrs.frozen(kw_only=True)
+class GenerationEvalConfig:
+    """[generation_eval]: greedy-decoding accuracy on held-out prompts, before and after training."""
+
+    path: str | None = setting(
+        None, doc="Chat JSONL whose last message is the reference answer; unset turns this off."
+    )
+    max_new_tokens: int = setting(32, doc="Longest answer decoded.", check=at_least(1))
+    max_samples: int = setting(0, doc="Score only the first N rows (0: all).", check=at_least(0))
+    batch_size: int = setting(32, doc="Prompts decoded together per rank.", check=at_least(1))
+    before_training: bool = setting(True, doc="Score the model before the first step.")
+    after_training: bool = setting(True, doc="Score the model after the last step.")
+
+
+@attrs.frozen(kw_only=True)
 class TrainerConfig:
     """A whole recipe: the training run and every table in it."""
 
@@ -341,6 +355,9 @@ class TrainerConfig:
     checkpoint: list[CheckpointConfig] = setting(factory=list, doc="[[checkpoint]] entries.")
     logger: LoggerConfig = setting(factory=LoggerConfig, doc="[logger] table.")
     wandb: WandbConfig = setting(factory=WandbConfig, doc="[wandb] table.")
+    generation_eval: GenerationEvalConfig = setting(
+        factory=GenerationEvalConfig, doc="[generation_eval] table."
+    )
     deepspeed: dict[str, Any] = setting(factory=dict, doc="DeepSpeed config, merged over computed defaults.")
 
     def __attrs_post_init__(self) -> None:

@@ -25,6 +25,7 @@ Hooks for methods (override in a subclass):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ class Trainer:
     name: ClassVar[str]
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
     auto_model_class: ClassVar[Any] = None
+    data_factory_class: ClassVar[Any] = None
+    """`arctic_core.data.DataFactory` subclass for `setup_data` (None: DataFactory itself)."""
     """transformers Auto class for `build_model` (None: AutoModelForCausalLM)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -121,7 +124,8 @@ class Trainer:
         """Set `train_dataset`, `eval_dataset` (or None) and `collate` (rows -> batch)."""
         from arctic_core.data import DataFactory
 
-        factory = DataFactory(self.config, self.tokenizer, run_dir=Path(self.config.run_dir))
+        factory_class = self.data_factory_class or DataFactory
+        factory = factory_class(self.config, self.tokenizer, run_dir=Path(self.config.run_dir))
         self.train_dataset = factory.train_dataset()
         self.eval_dataset = factory.eval_dataset()
         self.collate = factory.collate
@@ -238,6 +242,8 @@ class Trainer:
         self.log.info("training %d optimizer steps (%d per epoch)", self.total_steps, self.steps_per_epoch)
         self.metrics = MetricsWriter(self.config, rank=self.rank, total_steps=self.total_steps)
         try:
+            if self.config.generation_eval.before_training:
+                self.generation_eval("before training")
             while not self._finished():
                 if self.train_epoch():
                     for checkpoint in self.checkpoints:
@@ -245,6 +251,8 @@ class Trainer:
                 self.epoch += 1
             for checkpoint in self.checkpoints:
                 checkpoint.end_of_training()
+            if self.config.generation_eval.after_training:
+                self.generation_eval("after training")
         finally:
             self.metrics.close()
         self.log.info("training finished after %d optimizer steps", self.global_step)
@@ -357,6 +365,35 @@ class Trainer:
     def _engine_grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else None
+
+    def generation_eval(self, when: str) -> float | None:
+        """Greedy-decoding accuracy on `[generation_eval] path` (see `arctic_core.evals`); None when off."""
+        from arctic_core import evals
+        from arctic_core.engine import distributed
+        from arctic_core.engine.checkpoint import stop_token_ids
+
+        settings = self.config.generation_eval
+        if settings.path is None:
+            return None
+        module: Any = self.engine.module
+        correct, total = evals.generation_accuracy(
+            module,
+            self.tokenizer,
+            evals.read_references(settings),
+            stop_ids=stop_token_ids(module.config, module.generation_config, self.tokenizer),
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            zero3=self.zero_stage == 3,
+        )
+        correct, total = distributed.all_reduce_sum([correct, total])
+        accuracy = correct / max(total, 1)
+        self.log.info("held-out accuracy %s: %.1f%% (%d of %d)", when, 100 * accuracy, correct, total)
+        if self.rank == 0:
+            with (Path(self.config.run_dir) / "generation_eval.jsonl").open("a") as out:
+                out.write(json.dumps({"when": when, "step": self.global_step, "accuracy": accuracy}) + "\n")
+        return accuracy
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
