@@ -118,7 +118,7 @@ def test_source_strings(text, name, split):
 
 
 def test_overrides():
-    data = {"data": {"sources": ["a/b", {"name_or_path": "c"}]}}
+    data = {"data": {"sources": ["a/b:train_sft[:5]", {"name_or_path": "c"}]}}
     apply_overrides(
         data,
         [
@@ -132,6 +132,8 @@ def test_overrides():
     )
     assert data["optimizer"]["lr"] == 3e-4
     assert data["data"]["sources"][0] == {"name_or_path": "a/b", "split": "train"}
+    tail = apply_overrides({"data": {"sources": ["org/ds:test_sft[:5]"]}}, ["data.sources[0].name_or_path=/x"])
+    assert tail["data"]["sources"][0] == {"name_or_path": "/x", "split": "test_sft[:5]"}
     assert data["data"]["sources"][1]["sample_count"] == 10
     assert data["data"]["sources"][2] == "extra"
     assert data["model"]["name_or_path"] == "some/path:with colon"

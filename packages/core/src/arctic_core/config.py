@@ -212,7 +212,9 @@ class DataConfig:
         None, doc="Tokenizing processes; default min(16, CPU count).", check=at_least(1)
     )
     dl_num_workers: int = setting(2, doc="Data loader worker processes per rank.", check=at_least(0))
-    cache_dir: str | None = setting(None, doc="Tokenized-data cache; default ~/.cache/arctic/data.")
+    cache_dir: str | None = setting(
+        None, doc="Tokenized-data cache; default $ARCTIC_CACHE_DIR/data or ~/.cache/arctic/data."
+    )
     seed: int = setting(42, doc="Seed for shuffling and splitting the data.")
 
     def __attrs_post_init__(self) -> None:

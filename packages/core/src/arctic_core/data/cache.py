@@ -30,7 +30,11 @@ MARKER = "COMPLETE"
 
 
 def default_cache_dir() -> Path:
-    return Path("~/.cache/arctic/data").expanduser()
+    """`$ARCTIC_CACHE_DIR/data`, else `$XDG_CACHE_HOME/arctic/data`, else `~/.cache/arctic/data`."""
+    root = (
+        os.environ.get("ARCTIC_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "arctic"
+    )
+    return Path(root).expanduser() / "data"
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

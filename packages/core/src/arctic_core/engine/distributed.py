@@ -69,6 +69,11 @@ def init_distributed(local_rank: int | None = None) -> None:
         _skip_shm_op()
     else:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if os.environ.get("WORLD_SIZE") == "1":
+        # A world of one needs no rendezvous: an in-memory store cannot lose a race for a port.
+        torch.distributed.init_process_group(
+            "nccl" if has_cuda() else "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+        )
     deepspeed.init_distributed(
         dist_backend="nccl" if has_cuda() else "gloo", auto_mpi_discovery=False, verbose=False
     )

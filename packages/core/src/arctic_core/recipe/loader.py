@@ -90,6 +90,17 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _source_table(text: str) -> dict[str, Any]:
+    """A data source written as a string, as the table it stands for (`name:split` kept)."""
+    from arctic_core.config import SourceConfig
+
+    source = SourceConfig.from_string(text)
+    table: dict[str, Any] = {"name_or_path": source.name_or_path}
+    if source.split is not None:
+        table["split"] = source.split
+    return table
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `key.path=value` overrides (`data.sources[0].split=train`) to a recipe dict."""
     for override in overrides:
@@ -104,7 +115,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 if not isinstance(node, list) or part >= len(node):
                     raise RecipeError(f"{key}: index {part} is out of range", path="--set")
                 if isinstance(node[part], str) and isinstance(following, str):
-                    node[part] = {"name_or_path": node[part]}  # a source given as a string
+                    node[part] = _source_table(node[part])  # a source given as a string
                 node = node[part]
             else:
                 if not isinstance(node, dict):

@@ -1,0 +1,36 @@
+"""Supervised fine-tuning and causal-LM training.
+
+SFT minimises the mean next-token cross-entropy over the trainable tokens of each batch:
+the assistant turns (with their end-of-turn token) that the data pipeline labels, or every
+token for causal-LM training on plain text. Everything else (accumulation, the global
+token weighting across micro-batches and ranks, schedules, checkpoints) is core's loop;
+this method only supplies the loss, computed without materialising the full logits
+(`arctic_sft.loss`).
+
+A custom trainer subclasses `SFTTrainer`, sets `name`, and overrides `loss(batch)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from arctic_core.trainer import Trainer
+from arctic_sft.config import CausalConfig, SFTConfig
+from arctic_sft.loss import causal_lm_loss
+
+
+class SFTTrainer(Trainer):
+    name = "sft"
+    config_class: ClassVar[type[SFTConfig]] = SFTConfig  # type: ignore[assignment]
+    config: SFTConfig
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the batch's trainable tokens, the output layer run in chunks."""
+        return causal_lm_loss(self.model, batch, chunk_size=self.config.loss_chunk_size, call=self.engine)
+
+
+class CausalTrainer(SFTTrainer):
+    name = "causal"
+    config_class: ClassVar[type[SFTConfig]] = CausalConfig
