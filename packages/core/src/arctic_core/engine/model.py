@@ -9,6 +9,8 @@
   construction in `deepspeed.zero.Init` and loads weights shard by shard.
 - Activation checkpointing (non-reentrant) is on unless `model.disable_activation_checkpoint`.
 - `select_trainable` applies `model.trainable_parameters` / `model.frozen_parameters` globs.
+- PEFT adapters (`model.peft_config`) are added by the trainer after `transform_model`
+  (`arctic_core.engine.peft`), not here.
 """
 
 from __future__ import annotations
@@ -93,10 +95,6 @@ def build_model(
     """Build the model of `[model]` (partitioned under ZeRO-3), with activation checkpointing as configured."""
     from transformers import AutoModelForCausalLM
 
-    if config.peft_config:
-        raise RecipeError(
-            "PEFT adapters are not available in this arctic-core build yet", path="model.peft_config"
-        )
     auto_class = auto_class or AutoModelForCausalLM
     hf_config, reshaped = load_hf_config(config)
     hf_config.use_cache = False
