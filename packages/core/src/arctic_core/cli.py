@@ -214,6 +214,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(1)
     except ArcticError as exc:
-        click.echo(f"arctic: error: {exc}", err=True)
+        click.echo(f"arctic: {getattr(exc, 'label', 'error')}: {exc}", err=True)
         sys.exit(exc.exit_code)
     sys.exit(0)

@@ -87,4 +87,24 @@ def train(
     _thread_defaults(launcher_args)
     from deepspeed.launcher import runner
 
+    _forward_stop_signals()
     runner.main(relaunch_command(recipe, overrides, launcher_args, method))
+
+
+def _forward_stop_signals() -> None:
+    """Pass SIGTERM on to DeepSpeed's launcher process, which DeepSpeed's runner does not do.
+
+    The launcher then sends SIGTERM to every rank, and the ranks stop after the current step with
+    a checkpoint (docs/training.md, "Stopping"). SIGINT (Ctrl-C) already reaches the launcher from
+    the terminal, so here it is ignored rather than ending this process while the ranks save.
+    """
+    import signal
+
+    import psutil
+
+    def forward(signum: int, frame: object) -> None:
+        for child in psutil.Process().children():
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

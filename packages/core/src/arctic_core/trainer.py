@@ -6,11 +6,16 @@ how a recipe's `type` (and the seed README's custom trainers) select it.
 
 `train()` runs the named setup steps in order, then the loop:
 
-    setup_distributed -> setup_run_folder -> setup_tokenizer -> setup_data -> setup_loaders
-    -> setup_model -> setup_optimizer -> setup_scheduler -> setup_engine -> setup_checkpoints
+    setup_distributed -> setup_run_folder -> setup_resume -> setup_tokenizer -> setup_data
+    -> setup_loaders -> setup_model -> setup_optimizer -> setup_scheduler -> setup_engine
+    -> setup_checkpoints -> restore_training_state
     for each optimizer step: gather `gradient_accumulation_steps` micro-batches, weight each
     by its share of the global batch's trainable tokens, forward + backward each, step,
     log one metrics line, maybe evaluate, maybe checkpoint.
+
+Resuming (`auto_resume`, `arctic_core.engine.resume`) restores the engine, step, epoch,
+position in the epoch and RNG states before the first step. SIGTERM/SIGINT stop the run
+after the current step, with a checkpoint (`arctic_core.engine.signals`).
 
 Hooks for methods (override in a subclass):
 
@@ -68,6 +73,11 @@ class Trainer:
         self.epoch = 0
         self.total_steps = 0
         self.steps_per_epoch = 0
+        self.step_in_epoch = 0
+        """Optimizer steps done in the current epoch."""
+        self.resume_point: Any = None
+        self.stopped_by = 0
+        """The signal that stops the run after the current step (0: none)."""
         self._is_setup = False
 
     # --- setup steps --------------------------------------------------------------------------
@@ -78,6 +88,7 @@ class Trainer:
             return
         self.setup_distributed()
         self.setup_run_folder()
+        self.setup_resume()
         self.setup_tokenizer()
         self.setup_data()
         self.setup_loaders()
@@ -86,6 +97,7 @@ class Trainer:
         self.setup_scheduler()
         self.setup_engine()
         self.setup_checkpoints()
+        self.restore_training_state()
         self._is_setup = True
 
     def setup_distributed(self) -> None:
@@ -93,8 +105,10 @@ class Trainer:
         from transformers import set_seed
 
         from arctic_core.engine import deepspeed_config, distributed
+        from arctic_core.engine.peft import check_recipe as check_peft_recipe
 
         deepspeed_config.check_precision(self.config, cuda=distributed.has_cuda())
+        check_peft_recipe(self.config)  # peft installed, model.peft_config valid: before any model loads
         distributed.init_distributed(self.local_rank)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.device = distributed.device()
@@ -152,9 +166,17 @@ class Trainer:
         self.total_steps = self.config.train_iters or self.config.epochs * self.steps_per_epoch
 
     def setup_model(self) -> None:
-        """Build the model, let the method transform it, choose the trainable parameters."""
+        """Build the model, let the method transform it, add PEFT adapters, choose the trainable parameters."""
+        from arctic_core.engine.peft import apply_adapters
+
         model = self.build_model()
         model = self.transform_model(model)
+        model = apply_adapters(
+            model,
+            self.config.model,
+            seed=self.config.seed,
+            activation_checkpointing=not self.config.model.disable_activation_checkpoint,
+        )
         self.trainable_names = self.select_trainable(model)
         self.model = model
 
@@ -190,6 +212,28 @@ class Trainer:
             checkpoint_engine_class(entry.type, i)(self, entry)
             for i, entry in enumerate(self.config.checkpoint)
         ]
+
+    def setup_resume(self) -> None:
+        """With `auto_resume`, find the newest complete checkpoint; refuse one from another rank count."""
+        from arctic_core.engine.resume import find_resume_point
+
+        self.resume_point = find_resume_point(self.config, self.world_size)
+
+    def restore_training_state(self) -> None:
+        """Load the checkpoint `setup_resume` found: engine, optimizer, scheduler, step, data position, RNG."""
+        from arctic_core.engine.resume import restore
+
+        if self.resume_point is None:
+            return
+        restore(self, self.resume_point)
+        self.log.info(
+            "resumed from %s at step %d (epoch %d, %d of its %d steps done)",
+            self.resume_point.folder,
+            self.global_step,
+            self.epoch,
+            self.step_in_epoch,
+            self.steps_per_epoch,
+        )
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -236,26 +280,59 @@ class Trainer:
 
     def train(self) -> None:
         """Set up, then train for `train_iters` optimizer steps or `epochs` epochs."""
+        from arctic_core.engine.loop import close_loader
         from arctic_core.engine.metrics import MetricsWriter
+        from arctic_core.engine.signals import StopRequest
 
         self.setup()
+        resumed = self.resume_point is not None
         self.log.info("training %d optimizer steps (%d per epoch)", self.total_steps, self.steps_per_epoch)
-        self.metrics = MetricsWriter(self.config, rank=self.rank, total_steps=self.total_steps)
+        self.metrics = MetricsWriter(
+            self.config,
+            rank=self.rank,
+            total_steps=self.total_steps,
+            resume_step=self.global_step if resumed else None,
+        )
+        self.stop_request = StopRequest(self.log)
+        self.stop_request.install()
         try:
-            if self.config.generation_eval.before_training:
+            if self.config.generation_eval.before_training and not resumed:
                 self.generation_eval("before training")
-            while not self._finished():
+            while not self._finished() and not self.stopped_by:
                 if self.train_epoch():
                     for checkpoint in self.checkpoints:
                         checkpoint.after_epoch(self.epoch)
-                self.epoch += 1
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            if self.stopped_by:
+                self.stop_on_signal()
             for checkpoint in self.checkpoints:
                 checkpoint.end_of_training()
             if self.config.generation_eval.after_training:
                 self.generation_eval("after training")
         finally:
+            close_loader(self.train_loader)
+            self.stop_request.uninstall()
             self.metrics.close()
         self.log.info("training finished after %d optimizer steps", self.global_step)
+
+    def stop_on_signal(self) -> None:
+        """After a signal: let the checkpoints that keep the training state save it, then stop the run."""
+        import signal
+
+        from arctic_core.engine.signals import TrainingStopped
+
+        saved = [path for path in (c.on_stop(self.global_step) for c in self.checkpoints) if path is not None]
+        name = signal.Signals(self.stopped_by).name
+        where = (
+            f"state saved to {saved[0]}" if saved else "no deepspeed checkpoint is configured, nothing saved"
+        )
+        self.log.warning("%s: stopped after step %d; %s", name, self.global_step, where)
+        raise TrainingStopped(f"{name}: stopped after step {self.global_step}; {where}", self.stopped_by)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was signalled (all ranks call this before every step and agree)."""
+        self.stopped_by = self.stop_request.agreed()
+        return bool(self.stopped_by)
 
     def _finished(self) -> bool:
         exit_at = self.config.exit_iteration
@@ -266,13 +343,17 @@ class Trainer:
 
         Micro-batches left over after the epoch's last full optimizer step are skipped.
         """
+        from arctic_core.engine.faults import kill_at_step
+
         gas = self.config.gradient_accumulation_steps
         self.train_sampler.set_epoch(self.epoch)
+        self.train_sampler.skip_next(self.step_in_epoch * gas * self.config.micro_batch_size)  # resumed
         batches = iter(self.train_loader)
-        for _ in range(self.steps_per_epoch):
-            if self._finished():
+        while self.step_in_epoch < self.steps_per_epoch:
+            if self._finished() or self._stop_requested():
                 return False
             self.train_step([next(batches) for _ in range(gas)])
+            kill_at_step(self.global_step)  # test-only fault point
         return True
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> None:
@@ -296,6 +377,7 @@ class Trainer:
                 record = self._close_step(float(weighted), total, micro_batches)
             self.engine.step()
         self.global_step += 1
+        self.step_in_epoch += 1
         if record["grad_norm"] is None:
             record["grad_norm"] = self._engine_grad_norm()
         self._finish_step(record, start)
@@ -387,7 +469,7 @@ class Trainer:
             world_size=self.world_size,
             zero3=self.zero_stage == 3,
         )
-        correct, total = distributed.all_reduce_sum([correct, total])
+        correct, total = (int(n) for n in distributed.all_reduce_sum([correct, total]))
         accuracy = correct / max(total, 1)
         self.log.info("held-out accuracy %s: %.1f%% (%d of %d)", when, 100 * accuracy, correct, total)
         if self.rank == 0:

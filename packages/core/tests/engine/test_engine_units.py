@@ -124,9 +124,11 @@ def test_launcher_arguments():
     assert reorder_local_rank(["--local_rank=1", "train", "r.toml"]) == ["train", "r.toml", "--local_rank=1"]
 
 
-def test_unknown_and_later_checkpoint_types_are_recipe_errors():
-    with pytest.raises(RecipeError, match="not available in this arctic-core build") as caught:
-        checkpoint_engine_class("deepspeed", 1)
+def test_unknown_checkpoint_types_are_recipe_errors():
+    with pytest.raises(
+        RecipeError, match="unknown checkpoint type 'deepspeeed'; available: deepspeed"
+    ) as caught:
+        checkpoint_engine_class("deepspeeed", 1)
     assert caught.value.path == "checkpoint[1].type"
 
 

@@ -4,8 +4,8 @@ A checkpoint engine decides when it saves (`save_every_n_steps`, `save_every_n_e
 `save_end_of_training`) and writes one folder. Every folder is written under a temporary
 name beside its target and renamed when complete, so a killed run never leaves a
 half-written checkpoint under the real name. Methods add their own types with
-`@register_checkpoint("name")`. The `deepspeed` type (full training state, resume) is not
-in this build yet: a recipe asking for it gets a `RecipeError`.
+`@register_checkpoint("name")`. The `deepspeed` type (full training state, resume) lives in
+`arctic_core.engine.resume`.
 
 Folders: periodic saves go to `<output_dir>/global_step_<N>` (or `epoch_<E>`), the
 end-of-training save to `<output_dir>` itself; `output_dir` defaults to
@@ -46,15 +46,12 @@ def register_checkpoint(name: str) -> Callable[[type[CheckpointEngine]], type[Ch
 
 
 def checkpoint_engine_class(name: str, index: int) -> type[CheckpointEngine]:
+    import arctic_core.engine.resume  # noqa: F401  (registers "deepspeed")
+
     if name not in _ENGINES:
         known = ", ".join(sorted(_ENGINES))
-        later = (
-            " (the deepspeed type is not available in this arctic-core build yet)"
-            if name == "deepspeed"
-            else ""
-        )
         raise RecipeError(
-            f"unknown checkpoint type {name!r}{later}; available: {known}", path=f"checkpoint[{index}].type"
+            f"unknown checkpoint type {name!r}; available: {known}", path=f"checkpoint[{index}].type"
         )
     return _ENGINES[name]
 
@@ -62,32 +59,63 @@ def checkpoint_engine_class(name: str, index: int) -> type[CheckpointEngine]:
 PERIODIC_PREFIXES = ("global_step_", "epoch_")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`); False where unsupported."""
+    import ctypes
+    import os
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _move_periodic(source: Path, target: Path) -> None:
+    """Move the complete periodic checkpoints (`global_step_*`, `epoch_*`) of `source` into `target`."""
+    for child in source.iterdir():
+        if child.is_dir() and child.name.startswith(PERIODIC_PREFIXES) and not (target / child.name).exists():
+            child.rename(target / child.name)
+
+
+def _recover(target: Path, temp: Path, old: Path) -> None:
+    """Undo what a run killed inside `atomic_folder` left behind, before a new save starts."""
+    if not target.exists() and old.is_dir():  # killed between the two renames of the fallback path
+        old.rename(target)
+    if temp.is_dir() and target.is_dir():  # periodic checkpoints parked in the temporary folder
+        _move_periodic(temp, target)
+
+
 @contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Rank 0 writes into a temporary folder that replaces `target` once the block completes.
 
-    Periodic checkpoints already inside `target` (`global_step_*`, `epoch_*`) move into the new folder.
+    Periodic checkpoints already inside `target` (`global_step_*`, `epoch_*`) stay in it. Where the
+    filesystem can swap two folders atomically, `target` is never missing; elsewhere it is renamed
+    aside for a moment, and the next save (or `_recover`) puts it back if the run died then.
     """
     temp = target.parent / f".{target.name}.incomplete"
+    old = target.parent / f".{target.name}.old"
     if distributed.rank() == 0:
+        _recover(target, temp, old)
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
+    distributed.barrier()  # every rank may write into `temp`
     yield temp
     distributed.barrier()
     if distributed.rank() == 0:
-        old = target.parent / f".{target.name}.old"
-        if target.exists():
-            for child in target.iterdir():
-                if (
-                    child.is_dir()
-                    and child.name.startswith(PERIODIC_PREFIXES)
-                    and not (temp / child.name).exists()
-                ):
-                    child.rename(temp / child.name)
+        if not target.exists():
+            temp.rename(target)
+        elif _exchange(temp, target):  # `target` is the new checkpoint, `temp` the old one
+            _move_periodic(temp, target)
+            shutil.rmtree(temp)
+        else:
+            _move_periodic(target, temp)
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
-        temp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+            temp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
 
 
@@ -126,6 +154,10 @@ class CheckpointEngine:
     def end_of_training(self) -> None:
         if self.config.enabled and self.config.save_end_of_training:
             self.save_to(self.output_dir)
+
+    def on_stop(self, step: int) -> Path | None:
+        """The run stops on a signal after `step`: the folder saved, if any (default none; `deepspeed` saves)."""
+        return None
 
     def save_to(self, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -204,16 +236,34 @@ class HuggingFaceCheckpoint(CheckpointEngine):
     """safetensors + config + generation config + tokenizer + the resolved recipe; `from_pretrained` loads it."""
 
     def save(self, folder: Path) -> None:
+        trainer = self.trainer
+        module: Any = trainer.engine.module if trainer.engine is not None else trainer.model
+        zero3 = trainer.zero_stage == 3
+        if trainer.config.model.peft_config:  # the adapter alone, maybe + merged/ (arctic_core.engine.peft)
+            from arctic_core.engine.peft import save_adapter
+
+            save_adapter(
+                module,
+                folder,
+                zero3=zero3,
+                merge=self.config.merge_adapters,
+                full_state=lambda: gathered_state_dict(module, zero3),
+                write_companions=self.write_companions,
+            )
+            return
+        state = gathered_state_dict(module, zero3)
+        if distributed.rank() != 0:
+            return
+        module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        self.write_companions(folder, module)
+
+    def write_companions(self, folder: Path, module: Any) -> None:
+        """Generation config (with end-of-turn EOS ids), tokenizer and resolved recipe, beside the weights."""
         from transformers import GenerationConfig
 
         from arctic_core.recipe.render import render
 
         trainer = self.trainer
-        module: Any = trainer.engine.module if trainer.engine is not None else trainer.model
-        state = gathered_state_dict(module, trainer.zero_stage == 3)
-        if distributed.rank() != 0:
-            return
-        module.save_pretrained(folder, state_dict=state, safe_serialization=True)
         generation = getattr(module, "generation_config", None) or GenerationConfig.from_model_config(
             module.config
         )

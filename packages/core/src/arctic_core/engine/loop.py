@@ -68,11 +68,62 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
+    """A `DistributedSampler` whose next pass can start part-way through the epoch (for resuming).
+
+    `skip_next(n)` drops this rank's first n samples of the next `iter()` only. Indices are drawn
+    in the main process, so this holds with data-loader workers too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def skip_next(self, samples: int) -> None:
+        self.skip = samples
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers leave SIGINT/SIGTERM to their rank, which stops after the current step.
+
+    (A worker killed by SIGTERM would make its rank fail with "DataLoader worker exited
+    unexpectedly" while it finishes the step.) Workers still end when their rank does:
+    `close_loader`, or their watchdog once the rank has died.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def close_loader(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now, cleanly.
+
+    Needed because the workers ignore SIGTERM: at interpreter exit, multiprocessing would
+    terminate (SIGTERM) and then wait for them forever.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if iterator is not None:
+        loader._iterator = None
+
+
 def train_loader(
     dataset: Dataset, collate: Any, *, batch_size: int, rank: int, world_size: int, seed: int, workers: int
-) -> tuple[DataLoader, DistributedSampler]:
-    """Seeded, shuffled, sharded over ranks without duplicates; call `sampler.set_epoch` every epoch."""
-    sampler: DistributedSampler[Any] = DistributedSampler(
+) -> tuple[DataLoader, ResumableSampler]:
+    """Seeded, shuffled, sharded over ranks without duplicates; call `sampler.set_epoch` every epoch.
+
+    The loader draws its workers' seeds from its own generator, never from the global torch RNG,
+    so iterating it does not change the RNG state a checkpoint records.
+    """
+    sampler = ResumableSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
     )
     loader = DataLoader(
@@ -83,6 +134,8 @@ def train_loader(
         drop_last=True,
         num_workers=workers,
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
     )
     return loader, sampler
 

@@ -4,7 +4,8 @@
   `logger.print_output_ranks` also log to the console.
 - Progress bar (rank 0, tqdm): optimizer steps, loss, tokens/s and the time left.
 - Metrics: rank 0 appends one JSON object per optimizer step to `config.metrics_path`; a step
-  that evaluated also carries `eval_loss` and `eval_perplexity`.
+  that evaluated also carries `eval_loss` and `eval_perplexity`. A fresh run empties the file; a
+  resumed run keeps the lines up to the checkpoint's step and appends after them.
 - Trackers: Weights & Biases (`[wandb] enable = true`) and TensorBoard (`logger.tensorboard`),
   imported only when enabled; a missing package is an `ArcticError` naming it.
 """
@@ -63,10 +64,27 @@ def _import_tracker(package: str, extra: str) -> Any:
         ) from None
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the metrics lines of steps 1..last_step (a resumed run appends the rest); atomic replace."""
+    kept: list[str] = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+                continue
+            if step <= last_step:
+                kept.append(line + "\n")
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text("".join(kept))
+    temp.replace(path)
+
+
 class MetricsWriter:
     """Rank 0's per-step outputs: the JSONL file, the progress bar and optional trackers."""
 
-    def __init__(self, config: TrainerConfig, *, rank: int, total_steps: int):
+    def __init__(self, config: TrainerConfig, *, rank: int, total_steps: int, resume_step: int | None = None):
+        """A fresh metrics file, or (`resume_step`) the existing one cut after that step, to append to."""
         self.enabled = rank == 0
         self.path = Path(config.metrics_path)
         self.bar: Any = None
@@ -75,11 +93,16 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        if resume_step is None:
+            self.path.write_text("")
+        else:
+            truncate_metrics(self.path, resume_step)
         if config.logger.progress_bar:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total_steps, initial=resume_step or 0, desc="train", unit="step", dynamic_ncols=True
+            )
         if config.wandb.enable:
             wandb = _import_tracker("wandb", "wandb")
             self.wandb = wandb.init(
