@@ -40,7 +40,7 @@ class PlainLossTrainer(Trainer):
     """Core's default loss: full logits, then cross-entropy (the reference for the chunked loss)."""
 
     name = "sft_test_plain_loss"
-    from arctic_sft.config import SFTConfig as config_class  # noqa: N813
+    from arctic_sft.config import SFTConfig as config_class
 
 
 def write_recipe(folder: Path, **fields: object) -> Path:
