@@ -158,9 +158,11 @@ def trainer_worker(folder: Path, flatten: bool, steps: int, batch: int) -> None:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    trainer = CountingTrainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    trainer = CountingTrainer(
+        model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[Timer()]
+    )
     trainer.train()
-    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    losses = [float(x["loss"]) for x in trainer.state.log_history if "loss" in x]
     timed = times[WARMUP_STEPS:]
     result = {
         "first_loss": losses[0],
@@ -184,7 +186,7 @@ def run_trainer(folder: Path, *, flatten: bool, steps: int, batch: int) -> dict:
     ]
     if flatten:
         command.append("--flatten")
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
 

@@ -132,7 +132,9 @@ def test_overrides():
     )
     assert data["optimizer"]["lr"] == 3e-4
     assert data["data"]["sources"][0] == {"name_or_path": "a/b", "split": "train"}
-    tail = apply_overrides({"data": {"sources": ["org/ds:test_sft[:5]"]}}, ["data.sources[0].name_or_path=/x"])
+    tail = apply_overrides(
+        {"data": {"sources": ["org/ds:test_sft[:5]"]}}, ["data.sources[0].name_or_path=/x"]
+    )
     assert tail["data"]["sources"][0] == {"name_or_path": "/x", "split": "test_sft[:5]"}
     assert data["data"]["sources"][1]["sample_count"] == 10
     assert data["data"]["sources"][2] == "extra"
