@@ -234,8 +234,11 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(tiny_model_dir, pai
     )
     assert len(two) == len(one) == 3
     for a, b in zip(two, one):
-        for key in (*METRICS, "logps/chosen"):
-            assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a["step"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
+        # Rewards and log-probs are sums over answer tokens (tens of nats): float32 sums reduced
+        # in another order on two ranks agree to ~1e-6 relative, not to 1e-5 absolute.
+        for key in (*METRICS[1:], "logps/chosen"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5, rel=1e-4), (key, a["step"])
     for key in ("eval_loss", "eval_rewards/accuracy", "eval_rewards/margin"):
         assert two[-1][key] == pytest.approx(one[-1][key], abs=1e-5), key
     assert (tmp_path / "two" / "logs" / "rank_1.log").is_file()

@@ -24,7 +24,7 @@ def prepare(recipe: str, overrides: Sequence[str] = ()) -> str:
         trainer_class = loaded.trainer_class()
     except Exception as exc:
         raise ArcticError(f"cannot load the trainer for type {loaded.config.type!r}: {exc}") from None
-    factory_class = getattr(trainer_class, "data_factory_class", DataFactory)
+    factory_class = getattr(trainer_class, "data_factory_class", None) or DataFactory
     config = loaded.config
     factory = factory_class(config, load_tokenizer(config), run_dir=Path(config.run_dir))
     factory.prepare()
