@@ -42,6 +42,7 @@ def test_deepspeed_defaults_and_recipe_override():
     assert ds["train_batch_size"] == 12 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_accumulation_steps"] == 3 and ds["gradient_clipping"] == 1.0
     assert ds["zero_optimization"] == {"stage": 2} and ds["bf16"] == {"enabled": False}
+    assert build_deepspeed_config(config(), world_size=1)["zero_optimization"] == {"stage": 0}
     ds = build_deepspeed_config(
         config(
             deepspeed={"gradient_clipping": 0.5, "zero_optimization": {"stage": 3, "overlap_comm": False}}

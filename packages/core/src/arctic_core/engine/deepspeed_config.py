@@ -7,7 +7,8 @@ Computed defaults (the recipe's `[deepspeed]` table wins wherever it sets a key)
 - `train_batch_size` = micro batch x accumulation x data-parallel ranks
 - `gradient_clipping` = 1.0
 - `bf16.enabled` / `fp16.enabled` from `model.dtype` (bf16 keeps fp32 master weights and optimizer state)
-- `zero_optimization.stage` = 2 (as ArcticTraining); 0 to 3 are supported
+- `zero_optimization.stage` = 2 with several ranks (as ArcticTraining), 0 with one (there is
+  nothing to partition, and stage 2's gradient buckets only cost time); 0 to 3 are supported
 - `zero_allow_untested_optimizer` = true (Arctic's default optimizer is torch's AdamW)
 
 Settings that contradict the recipe are a `RecipeError` naming both keys (also: optimizer
@@ -53,7 +54,7 @@ def computed_defaults(config: TrainerConfig, world_size: int) -> dict[str, Any]:
         "gradient_clipping": DEFAULT_GRADIENT_CLIPPING,
         "bf16": {"enabled": config.model.dtype == "bf16"},
         "fp16": {"enabled": config.model.dtype == "fp16"},
-        "zero_optimization": {"stage": DEFAULT_ZERO_STAGE},
+        "zero_optimization": {"stage": DEFAULT_ZERO_STAGE if world_size > 1 else 0},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
