@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -477,27 +478,38 @@ class Trainer:
                 out.write(json.dumps({"when": when, "step": self.global_step, "accuracy": accuracy}) + "\n")
         return accuracy
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Token-weighted loss and perplexity over the eval data, each sample counted once across ranks."""
-        from arctic_core.engine import distributed
-        from arctic_core.engine.loop import eval_batch_count, eval_batches, to_device, trainable_count
+    def eval_rounds(self) -> Iterator[tuple[dict[str, Any], bool]]:
+        """This rank's eval batches on the device, each with True; then, until every rank has had as
+        many rounds, a filler batch with False whose results the caller discards (ZeRO-3 gathers
+        parameters collectively, so every rank must run as many forwards)."""
+        from arctic_core.engine.loop import eval_batch_count, eval_batches, to_device
 
-        self.engine.eval()
         size, mbs, world = len(self.eval_dataset), self.config.micro_batch_size, self.world_size
         rounds = max(eval_batch_count(size, batch_size=mbs, rank=r, world_size=world) for r in range(world))
         mine = eval_batches(self.eval_dataset, self.collate, batch_size=mbs, rank=self.rank, world_size=world)
         filler: dict[str, Any] | None = None
-        loss_sum = tokens = 0.0
-        for _ in range(rounds):  # every rank runs as many forwards: ZeRO-3 gathers parameters collectively
+        for _ in range(rounds):
             batch = next(mine, None)
-            if batch is None:  # this rank has run out: a forward whose result is discarded
-                filler = filler or self.collate([self.eval_dataset[0]])
-                self.loss(to_device(filler, self.device))
+            if batch is not None:
+                yield to_device(batch, self.device), True
                 continue
-            count = trainable_count(batch)
-            loss_sum += float(self.loss(to_device(batch, self.device))) * count
-            tokens += count
+            filler = filler or self.collate([self.eval_dataset[0]])
+            yield to_device(filler, self.device), False
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted loss and perplexity over the eval data, each sample counted once across ranks."""
+        from arctic_core.engine import distributed
+        from arctic_core.engine.loop import trainable_count
+
+        self.engine.eval()
+        loss_sum = tokens = 0.0
+        for batch, counts in self.eval_rounds():
+            loss = float(self.loss(batch))
+            if counts:
+                count = trainable_count(batch)
+                loss_sum += loss * count
+                tokens += count
         loss_sum, tokens = distributed.all_reduce_sum([loss_sum, tokens])
         self.engine.train()
         eval_loss = loss_sum / max(tokens, 1.0)

@@ -217,18 +217,11 @@ class DPOTrainer(SFTTrainer):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean loss, rewards, reward accuracy and margin over the eval pairs, each pair counted once."""
-        from arctic_core.engine.loop import eval_batch_count, eval_batches, to_device
-
         self.engine.eval()
-        size, mbs, world = len(self.eval_dataset), self.config.micro_batch_size, self.world_size
-        rounds = max(eval_batch_count(size, batch_size=mbs, rank=r, world_size=world) for r in range(world))
-        mine = eval_batches(self.eval_dataset, self.collate, batch_size=mbs, rank=self.rank, world_size=world)
         sums = torch.zeros(len(STATS), dtype=torch.float64)
-        for _ in range(rounds):  # every rank runs as many forwards: ZeRO-3 gathers parameters collectively
-            batch = next(mine, None)
-            if batch is None:
-                self.pair_outputs(to_device(self.collate([self.eval_dataset[0]]), self.device))
-                continue
-            sums += self.pair_outputs(to_device(batch, self.device))[1].sum(dim=0).cpu()
+        for batch, counts in self.eval_rounds():
+            stats = self.pair_outputs(batch)[1]
+            if counts:
+                sums += stats.sum(dim=0).cpu()
         self.engine.train()
         return self._means(sums, prefix="eval_")

@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from arctic_sft.loss import IGNORE_INDEX, _logit_transform, backbone_and_head, final_hidden_states
+from arctic_sft.loss import (
+    IGNORE_INDEX,
+    _logit_transform,
+    backbone_and_head,
+    final_hidden_states,
+    output_logits,
+)
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -21,12 +27,7 @@ LOSS_TYPES = ("sigmoid", "ipo")
 def _chunk_log_probs(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float | None, cap: float | None
 ) -> torch.Tensor:
-    logits = head(hidden).float()
-    if scale is not None:
-        logits = logits * scale
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return -F.cross_entropy(logits, targets, reduction="none")
+    return -F.cross_entropy(output_logits(head, hidden, scale, cap), targets, reduction="none")
 
 
 def token_log_probs(

@@ -46,15 +46,22 @@ def _logit_transform(config: Any) -> tuple[float | None, float | None]:
     return getattr(config, "logit_scale", None), getattr(config, "final_logit_softcapping", None)
 
 
-def _chunk_loss_sum(
-    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float | None, cap: float | None
+def output_logits(
+    head: torch.nn.Module, hidden: torch.Tensor, scale: float | None, cap: float | None
 ) -> torch.Tensor:
+    """fp32 logits of `hidden` rows, scaled and soft-capped as the architecture does."""
     logits = head(hidden).float()
     if scale is not None:
         logits = logits * scale
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return logits
+
+
+def _chunk_loss_sum(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float | None, cap: float | None
+) -> torch.Tensor:
+    return F.cross_entropy(output_logits(head, hidden, scale, cap), targets, reduction="sum")
 
 
 def chunked_cross_entropy_sum(
