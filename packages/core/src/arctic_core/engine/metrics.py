@@ -28,6 +28,18 @@ LOGGER_NAME = "arctic"
 log = logging.getLogger(LOGGER_NAME)
 
 
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Console log lines printed above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(config: TrainerConfig, rank: int) -> logging.Logger:
     """Per-rank file logs, and console logs on the ranks that print."""
     folder = Path(config.run_dir) / "logs"
@@ -42,7 +54,7 @@ def setup_logging(config: TrainerConfig, rank: int) -> logging.Logger:
     file_handler.setFormatter(fmt)
     log.addHandler(file_handler)
     if rank in config.logger.print_output_ranks:
-        console = logging.StreamHandler(sys.stderr)
+        console = _ConsoleHandler(sys.stderr)
         console.setFormatter(fmt)
         log.addHandler(console)
     return log
