@@ -1,4 +1,4 @@
-"""The DPO/cDPO/IPO losses against their formulas, and sequence log-probs against a plain computation."""
+"""The DPO/cDPO/IPO losses against their formulas (sequence log-probs: packages/core/tests/test_losses.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from arctic_sft.dpo_loss import preference_losses, sequence_log_probs
+from arctic_sft.dpo_loss import preference_losses
 
 # Fixed sequence log-probs of three pairs: policy chosen/rejected, reference chosen/rejected.
 PC = torch.tensor([-10.0, -4.0, -7.5])
@@ -65,27 +65,3 @@ def test_gradient_raises_chosen_and_lowers_rejected():
     losses, _, _ = preference_losses(pc, pr, RC, RR, beta=0.1)
     losses.sum().backward()
     assert (pc.grad < 0).all() and (pr.grad > 0).all()
-
-
-@pytest.mark.parametrize("chunk_size", [3, 4096])
-def test_sequence_log_probs_sum_the_answer_tokens_only(chunk_size):
-    from arctic_core.testing import tiny_model
-
-    model = tiny_model("llama", seed=0).float().eval()
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, 1000, (4, 12), generator=g)
-    labels = ids.clone()
-    labels[:, :5] = -100  # prompt
-    labels[1, 9:] = -100  # padding
-    labels[3, :] = -100  # nothing to score
-    mask = (labels != -100) | (torch.arange(12) < 5)
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask.long()}
-    with torch.no_grad():
-        sums, counts = sequence_log_probs(model, batch, chunk_size=chunk_size)
-        logits = model(input_ids=ids, attention_mask=mask.long()).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    target = labels[:, 1:]
-    keep = target != -100
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(sums, (picked * keep).sum(dim=1), atol=1e-5, rtol=1e-5)
-    assert counts.tolist() == keep.sum(dim=1).tolist() and counts[3] == 0 and sums[3] == 0

@@ -20,11 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
 from arctic_core.config import CheckpointConfig
 from arctic_core.engine import distributed
 from arctic_core.errors import RecipeError
+from arctic_core.gather import gathered_state_dict
 
 if TYPE_CHECKING:
     from arctic_core.trainer import Trainer
@@ -168,28 +167,6 @@ class CheckpointEngine:
     def save(self, folder: Path) -> None:
         """Write the checkpoint into `folder` (every rank calls this; rank 0 writes)."""
         raise NotImplementedError
-
-
-def gathered_state_dict(module: torch.nn.Module, zero3: bool) -> dict[str, torch.Tensor]:
-    """The full state dict on rank 0 (empty elsewhere); ZeRO-3 parameters are gathered one at a time."""
-    if not zero3:
-        return (
-            {k: v.detach().cpu() for k, v in module.state_dict().items()} if distributed.rank() == 0 else {}
-        )
-    import deepspeed
-
-    state: dict[str, torch.Tensor] = {}
-    param_names = set()
-    for name, param in module.named_parameters(remove_duplicate=False):
-        param_names.add(name)
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            if distributed.rank() == 0:
-                state[name] = param.detach().cpu().clone()
-    if distributed.rank() == 0:
-        for name, tensor in module.state_dict().items():
-            if name not in param_names:
-                state[name] = tensor.detach().cpu()
-    return state
 
 
 def end_of_turn_token_id(tokenizer: Any) -> int | None:

@@ -39,6 +39,7 @@ import torch
 from arctic_core.config import ModelConfig, TrainerConfig
 from arctic_core.engine import distributed
 from arctic_core.errors import RecipeError
+from arctic_core.gather import gathered_state_dict
 
 PATH = "model.peft_config"
 INSTALL_HINT = "pip install 'arctic-core[peft]'"
@@ -172,32 +173,6 @@ def is_adapter_tensor(name: str) -> bool:
     return ADAPTER_NAME in name.split(".")
 
 
-def gathered_tensors(
-    module: torch.nn.Module, zero3: bool, keep: Callable[[str], bool]
-) -> dict[str, torch.Tensor]:
-    """The named parameters and buffers that `keep` accepts, whole, on rank 0 (empty elsewhere).
-
-    Under ZeRO-3 each kept parameter is gathered on its own; every rank takes part.
-    """
-    state: dict[str, torch.Tensor] = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if not keep(name):
-            continue
-        if zero3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                if distributed.rank() == 0:
-                    state[name] = param.detach().cpu().clone()
-        elif distributed.rank() == 0:
-            state[name] = param.detach().cpu().clone()
-    if distributed.rank() == 0:
-        for name, buffer in module.named_buffers(remove_duplicate=False):
-            if keep(name):
-                state[name] = buffer.detach().cpu().clone()
-    return state
-
-
 def save_adapter(
     module: Any,
     folder: Path,
@@ -212,7 +187,7 @@ def save_adapter(
     `full_state()` gathers the whole wrapped model (only called when merging);
     `write_companions(folder, model)` adds the tokenizer, generation config and recipe.
     """
-    adapter_state = gathered_tensors(module, zero3, is_adapter_tensor)
+    adapter_state = gathered_state_dict(module, zero3, keep=is_adapter_tensor)
     state = full_state() if merge else {}
     if distributed.rank() != 0:
         return

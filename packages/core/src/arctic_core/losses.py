@@ -1,0 +1,290 @@
+"""Token losses that never hold the full fp32 logits of a batch: cross-entropy, log-probs, distillation KL.
+
+The plain loss builds fp32 logits of shape `[rows, length, vocab]`: at 8K tokens and a 128K
+vocabulary that is 4 GiB per row, usually the largest tensor of the step. Here every loss takes
+final hidden states `h` `[N, H]` (one row per scored token) and an output layer (`head`, called
+as a module), and runs the head over `chunk_size` rows at a time, each chunk under non-reentrant
+activation checkpointing: at most one chunk's `[chunk_size, vocab]` logits (and the few tensors
+derived from them) exist at a time, in the forward pass and again in the backward pass.
+
+With z = head(h) in fp32, then z·s (s = `config.logit_scale`, Cohere) and c·tanh(z/c)
+(c = `config.final_logit_softcapping`, Gemma 2) where the architecture has them:
+
+    chunked_cross_entropy_sum:  sum_i −log softmax(z_i)[y_i]
+    token_log_probs:            log softmax(z_i)[y_i] for each row i
+    distillation_kl_sum:        T² · sum_i KL(p_i ‖ q_i),  p = softmax(z_teacher/T), q = softmax(z_student/T)
+                                (forward KL, teacher first; T² keeps the gradient's size independent of T,
+                                as in Hinton et al. 2015)
+
+For a transformers causal LM, `causal_lm_loss` and `sequence_log_probs` get `h` from the model's
+own (root) forward, which DeepSpeed ZeRO-3 needs in order to fetch, release and reduce parameters
+correctly (calling the backbone alone loses gradients there), with `logits_to_keep=1` so it
+projects a single position; a forward hook on the backbone captures the final hidden states.
+Only positions whose shifted label is trainable (labels != -100) reach the head: prompt tokens,
+padding and masked turns never do. The head is called as a module (not through its weight), so
+ZeRO-3 gathers its weight as usual, tied to the input embeddings or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
+DEFAULT_CHUNK_SIZE = 4096
+
+LogitTransform = tuple[float | None, float | None]
+
+
+def backbone_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The decoder stack and the output layer of a transformers causal LM."""
+    base = getattr(model, "base_model_prefix", "")
+    backbone = getattr(model, base, None) if base else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if backbone is None or head is None:
+        raise TypeError(f"{type(model).__name__} is not a transformers causal LM (no backbone/output layer)")
+    return backbone, head
+
+
+def logit_transform(config: Any) -> LogitTransform:
+    """(scale, soft-cap) that some architectures apply to logits (Cohere, Gemma 2); None where absent."""
+    return getattr(config, "logit_scale", None), getattr(config, "final_logit_softcapping", None)
+
+
+def output_logits(
+    head: torch.nn.Module, hidden: torch.Tensor, scale: float | None, cap: float | None
+) -> torch.Tensor:
+    """fp32 logits of `hidden` rows, scaled and soft-capped as the architecture does."""
+    logits = head(hidden).float()
+    if scale is not None:
+        logits = logits * scale
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def final_hidden_states(
+    model: torch.nn.Module, backbone: torch.nn.Module, batch: dict[str, torch.Tensor], call: Any = None
+) -> torch.Tensor:
+    """The backbone's output `[B, L, H]` from one root forward that projects only the last position."""
+    captured: list[torch.Tensor] = []
+
+    def keep(_: torch.nn.Module, __: Any, output: Any) -> None:
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = backbone.register_forward_hook(keep)
+    try:
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        (call or model)(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def _chunk_loss_sum(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float | None, cap: float | None
+) -> torch.Tensor:
+    return F.cross_entropy(output_logits(head, hidden, scale, cap), targets, reduction="sum")
+
+
+def chunked_cross_entropy_sum(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    config: Any = None,
+) -> torch.Tensor:
+    """Sum of CE over `hidden` `[N, H]` rows against `targets` `[N]`, `chunk_size` rows at a time (fp32)."""
+    scale, cap = logit_transform(config)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        part = slice(start, start + chunk_size)
+        total = total + checkpoint(
+            _chunk_loss_sum, head, hidden[part], targets[part], scale, cap, use_reentrant=False
+        )
+    return total
+
+
+def _chunk_log_probs(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float | None, cap: float | None
+) -> torch.Tensor:
+    return -F.cross_entropy(output_logits(head, hidden, scale, cap), targets, reduction="none")
+
+
+def token_log_probs(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    config: Any = None,
+) -> torch.Tensor:
+    """log p(target) `[N]` fp32 for each row of `hidden` `[N, H]`, `chunk_size` rows at a time.
+
+    Chunks are checkpointed when grad is enabled; under no_grad they simply run one after another.
+    """
+    scale, cap = logit_transform(config)
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        part = slice(start, start + chunk_size)
+        if torch.is_grad_enabled():
+            parts.append(
+                checkpoint(
+                    _chunk_log_probs, head, hidden[part], targets[part], scale, cap, use_reentrant=False
+                )
+            )
+        else:
+            parts.append(_chunk_log_probs(head, hidden[part], targets[part], scale, cap))
+    return torch.cat(parts) if parts else hidden.new_zeros((0,), dtype=torch.float32)
+
+
+def _chunk_kl_sum(
+    student_head: torch.nn.Module,
+    student_hidden: torch.Tensor,
+    teacher_head: torch.nn.Module,
+    teacher_hidden: torch.Tensor,
+    student_transform: LogitTransform,
+    teacher_transform: LogitTransform,
+    temperature: float,
+) -> torch.Tensor:
+    # The teacher's chunk is computed here (and again on recompute), never passed in: a tensor
+    # passed to a checkpointed function is kept for the backward pass, every chunk of it.
+    with torch.no_grad():
+        teacher = output_logits(teacher_head, teacher_hidden, *teacher_transform) / temperature
+        teacher_logp = torch.log_softmax(teacher, dim=-1)
+    student = output_logits(student_head, student_hidden, *student_transform) / temperature
+    student_logp = torch.log_softmax(student, dim=-1)
+    kl = F.kl_div(student_logp, teacher_logp, reduction="sum", log_target=True)
+    return kl * temperature**2
+
+
+def distillation_kl_sum(
+    student_head: torch.nn.Module,
+    student_hidden: torch.Tensor,
+    teacher_head: torch.nn.Module,
+    teacher_hidden: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    config: Any = None,
+    teacher_config: Any = None,
+) -> torch.Tensor:
+    """T² · sum over rows of KL(softmax(z_t/T) ‖ softmax(z_s/T)), `chunk_size` rows at a time (fp32).
+
+    z_s = student_head(student_hidden) `[N, H_s]`, z_t = teacher_head(teacher_hidden) `[N, H_t]`; row i
+    of each is the same token. The teacher side runs without grad. The heads may be the same module
+    (SwiftKV: one model's head over its teacher and student hidden states) or two. `config` gives the
+    student's logit scale / soft-cap, `teacher_config` the teacher's (default: `config`).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(f"student has {student_hidden.shape[0]} rows, teacher {teacher_hidden.shape[0]}")
+    student_transform = logit_transform(config)
+    teacher_transform = logit_transform(config if teacher_config is None else teacher_config)
+    teacher_hidden = teacher_hidden.detach()
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, student_hidden.shape[0], chunk_size):
+        part = slice(start, start + chunk_size)
+        total = total + checkpoint(
+            _chunk_kl_sum,
+            student_head,
+            student_hidden[part],
+            teacher_head,
+            teacher_hidden[part],
+            student_transform,
+            teacher_transform,
+            temperature,
+            use_reentrant=False,
+        )
+    return total
+
+
+def distillation_kl(
+    student_head: torch.nn.Module,
+    student_hidden: torch.Tensor,
+    teacher_head: torch.nn.Module,
+    teacher_hidden: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    config: Any = None,
+    teacher_config: Any = None,
+) -> torch.Tensor:
+    """`distillation_kl_sum` divided by the number of rows; 0 (still connected to the student) without rows."""
+    rows = student_hidden.shape[0]
+    if rows == 0:
+        return student_hidden.sum() * 0.0
+    summed = distillation_kl_sum(
+        student_head,
+        student_hidden,
+        teacher_head,
+        teacher_hidden,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        config=config,
+        teacher_config=teacher_config,
+    )
+    return summed / rows
+
+
+def causal_lm_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    call: Any = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the batch's trainable tokens (labels unshifted).
+
+    `call` runs the root forward (the DeepSpeed engine in training); default: `model` itself.
+    With no trainable token the loss is 0, still connected to every parameter.
+    """
+    backbone, head = backbone_and_head(model)
+    hidden = final_hidden_states(model, backbone, batch, call)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    count = int(keep.sum())
+    if count == 0:
+        return hidden.sum() * 0.0  # keeps the graph (and every rank's collectives) intact
+    summed = chunked_cross_entropy_sum(
+        head,
+        hidden[:, :-1][keep],
+        targets[keep],
+        chunk_size=chunk_size,
+        config=getattr(model, "config", None),
+    )
+    return summed / count
+
+
+def sequence_log_probs(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    call: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of the batch: (sum of its trainable tokens' log-probs `[R]` fp32, their count `[R]`).
+
+    `call` runs the root forward (a DeepSpeed engine, which ZeRO-3 needs); default: `model` itself.
+    """
+    backbone, head = backbone_and_head(model)
+    hidden = final_hidden_states(model, backbone, batch, call)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[keep]
+    logps = token_log_probs(
+        head,
+        hidden[:, :-1][keep],
+        targets[keep],
+        chunk_size=chunk_size,
+        config=getattr(model, "config", None),
+    )
+    sums = torch.zeros(targets.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, rows, logps)
+    sums = sums + hidden.sum() * 0.0  # keeps every parameter in the graph, even without answer tokens
+    return sums, keep.sum(dim=1)
