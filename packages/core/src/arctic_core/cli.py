@@ -190,15 +190,23 @@ def data_prepare(recipe: str, overrides: tuple[str, ...]) -> None:
 
 @cli.command("plugins")
 def plugins_command() -> None:
-    """List installed methods with their packages and versions."""
-    found = plugins.installed()
+    """List installed methods and features with their packages and versions."""
+    from arctic_core import features
+
+    found: list[Any] = plugins.installed()
+    extras: list[Any] = features.installed()
     if not found:
         click.echo("No methods installed. Install one, e.g. `pip install arctic-sft`.")
-        return
-    width = max(len(m.name) for m in found)
+    width = max((len(m.name) for m in found), default=0)
     for m in found:
         state = f"BROKEN: {m.error}" if m.broken else (m.method.description if m.method else "")
         click.echo(f"{m.name:<{width}}  {m.package} {m.version}  {state}")
+    if extras:
+        click.echo("\nFeatures (recipe keys for every method):")
+        width = max(len(f.name) for f in extras)
+    for f in extras:
+        state = f"BROKEN: {f.error}" if f.broken else (f.feature.description if f.feature else "")
+        click.echo(f"{f.name:<{width}}  {f.package} {f.version}  {state}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

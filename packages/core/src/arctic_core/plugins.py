@@ -6,6 +6,9 @@ as a lazy `"module:attribute"` reference so that listing plugins imports nothing
 Discovery never raises for one bad plugin: a plugin that fails to import, claims a name
 another package claims, or wants another arctic-core is reported as broken, with why, and
 every other command keeps working.
+
+The loading helpers here (`entries`, `load_entry`, `check_core_version`) also serve the
+second group, `arctic.features` (`arctic_core.features`).
 """
 
 from __future__ import annotations
@@ -64,44 +67,47 @@ def load_reference(reference: str) -> Any:
     return getattr(module, attribute) if attribute else module
 
 
-def _check_core_version(method: Method, package: str) -> str | None:
-    if not method.core_version:
+def check_core_version(wanted: str, package: str) -> str | None:
+    """Why `package`, which wants arctic-core `wanted` (a PEP 440 range), cannot load; None if it can."""
+    if not wanted:
         return None
     try:
-        wanted = SpecifierSet(method.core_version)
+        specifier = SpecifierSet(wanted)
     except InvalidSpecifier:
-        return f"{package} declares an invalid arctic-core range {method.core_version!r}"
-    if Version(CORE_VERSION) in wanted:
+        return f"{package} declares an invalid arctic-core range {wanted!r}"
+    if Version(CORE_VERSION) in specifier:
         return None
-    return f"{package} needs arctic-core {method.core_version}, but arctic-core {CORE_VERSION} is installed"
+    return f"{package} needs arctic-core {wanted}, but arctic-core {CORE_VERSION} is installed"
 
 
-def _load(entry: metadata.EntryPoint, package: str, version: str) -> InstalledMethod:
+def load_entry(entry: metadata.EntryPoint, kind: type[Any], package: str) -> tuple[Any, str | None]:
+    """Load the `kind` object (`Method`, `Feature`) an entry point names: (object, None) or (None, why not).
+
+    Never raises: a plugin that fails to import, names the wrong kind of object, calls itself
+    by another name or wants another arctic-core comes back with the reason.
+    """
     try:
-        method = entry.load()
+        found: Any = entry.load()
     except Exception as exc:  # a broken plugin must not break the CLI
-        return InstalledMethod(
-            name=entry.name, package=package, version=version, error=f"{type(exc).__name__}: {exc}"
-        )
-    if not isinstance(method, Method):
-        return InstalledMethod(
-            name=entry.name,
-            package=package,
-            version=version,
-            error=f"entry point {entry.value} is not an arctic_core.plugins.Method",
-        )
-    problem = _check_core_version(method, package)
-    if problem is None and method.name != entry.name:
-        problem = f"entry point is named {entry.name!r} but the method calls itself {method.name!r}"
+        return None, f"{type(exc).__name__}: {exc}"
+    if not isinstance(found, kind):
+        return None, f"entry point {entry.value} is not an {kind.__module__}.{kind.__qualname__}"
+    problem = check_core_version(found.core_version, package)
+    if problem is None and found.name != entry.name:
+        problem = f"entry point is named {entry.name!r} but the plugin calls itself {found.name!r}"
     if problem:
-        return InstalledMethod(name=entry.name, package=package, version=version, error=problem)
-    return InstalledMethod(name=entry.name, package=package, version=version, method=method)
+        return None, problem
+    return found, None
 
 
-def _entries() -> dict[str, list[tuple[metadata.EntryPoint, str, str]]]:
-    found: dict[str, list[tuple[metadata.EntryPoint, str, str]]] = {}
+Entries = dict[str, list[tuple[metadata.EntryPoint, str, str]]]
+
+
+def entries(group: str) -> Entries:
+    """The entry points of `group` by name, each with its distribution's name and version."""
+    found: Entries = {}
     seen: set[tuple[str, str]] = set()
-    for entry in metadata.entry_points(group=GROUP):
+    for entry in metadata.entry_points(group=group):
         dist = entry.dist
         package = dist.name if dist is not None else "?"
         version = dist.version if dist is not None else "?"
@@ -110,6 +116,15 @@ def _entries() -> dict[str, list[tuple[metadata.EntryPoint, str, str]]]:
         seen.add((entry.name, package))
         found.setdefault(entry.name, []).append((entry, package, version))
     return found
+
+
+def claimed_twice(kind: str, name: str, candidates: list[tuple[metadata.EntryPoint, str, str]]) -> str:
+    packages = " and ".join(f"{pkg} {ver}" for _, pkg, ver in candidates)
+    return f"{kind} {name!r} is claimed by {packages}; uninstall one of them"
+
+
+def _entries() -> Entries:
+    return entries(GROUP)
 
 
 def method_names() -> list[str]:
@@ -123,15 +138,12 @@ def get(name: str) -> InstalledMethod | None:
     candidates = _entries().get(name)
     if not candidates:
         return None
+    entry, package, version = candidates[0]
     if len(candidates) > 1:
-        packages = " and ".join(f"{pkg} {ver}" for _, pkg, ver in candidates)
-        return InstalledMethod(
-            name=name,
-            package=candidates[0][1],
-            version=candidates[0][2],
-            error=f"method {name!r} is claimed by {packages}; uninstall one of them",
-        )
-    return _load(*candidates[0])
+        twice = claimed_twice("method", name, candidates)
+        return InstalledMethod(name=name, package=package, version=version, error=twice)
+    method, error = load_entry(entry, Method, package)
+    return InstalledMethod(name=name, package=package, version=version, method=method, error=error)
 
 
 def installed() -> list[InstalledMethod]:
