@@ -118,14 +118,15 @@ def test_seed_readme_quickstart_recipe(tmp_path, tiny_model_dirs, command):
 
 @pytest.mark.slow
 def test_quickstart_learns_and_stops_at_end_of_turn(tmp_path):
+    """Run from outside the repository: the recipe's paths are relative to the recipe file."""
     arctic(
         "train",
-        "packages/sft/recipes/quickstart.toml",
+        str(RECIPES / "quickstart.toml"),
         "--set",
         f"logger.output_dir={tmp_path / 'run'}",
         "--set",
         f"checkpoint[0].output_dir={tmp_path / 'model'}",
-        cwd=REPO,
+        cwd=tmp_path,
         env={"OMP_NUM_THREADS": "2"},
     )
     scores = [json.loads(x) for x in (tmp_path / "run" / "generation_eval.jsonl").read_text().splitlines()]

@@ -7,6 +7,7 @@ defines classes), never creates a folder, starts distributed or opens a connecti
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 import traceback
@@ -17,7 +18,7 @@ from typing import Any
 import attrs
 import yaml
 
-from arctic_core import plugins, registry
+from arctic_core import features, plugins, registry
 from arctic_core.config import TrainerConfig
 from arctic_core.errors import ArcticError, RecipeError
 from arctic_core.recipe.convert import structure
@@ -62,6 +63,60 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe must be a table of keys, not {type(data).__name__}", source=str(path))
+    return data
+
+
+# Keys that name an input file or folder, in any table but [deepspeed], and the lists whose
+# plain-string items are data sources: a relative value that exists beside the recipe file
+# is read from there, so a recipe runs from any working directory.
+_INPUT_KEYS = frozenset({"name_or_path", "path", "chat_template", "code"})
+_SOURCE_LISTS = frozenset({"sources", "eval_sources"})
+
+
+def _beside(value: Any, folder: Path) -> str | None:
+    """`value` as an absolute path when it is relative and names something in `folder`."""
+    if not isinstance(value, str) or not value or "\n" in value or "{" in value or "://" in value:
+        return None
+    if Path(value).is_absolute() or value.startswith("~"):
+        return None
+    candidate = folder / value
+    return os.path.abspath(candidate) if candidate.exists() else None
+
+
+def _source_beside(value: str, folder: Path) -> str | None:
+    """A source string (`path` or `path:split`) with its path resolved against `folder`."""
+    whole = _beside(value, folder)
+    if whole is not None:
+        return whole
+    name, sep, split = value.rpartition(":")
+    resolved = _beside(name, folder) if sep else None
+    return f"{resolved}:{split}" if resolved is not None else None
+
+
+def resolve_relative_paths(data: Any, folder: Path, key: str = "") -> Any:
+    """Make the recipe's relative input paths that exist under `folder` absolute, in place.
+
+    Values that name nothing there are kept as given: hub ids, and paths meant relative to
+    the working directory. Output locations (`output_dir`, `cache_dir`) are never touched.
+    """
+    if isinstance(data, dict):
+        for name, value in data.items():
+            if name == "deepspeed":
+                continue
+            resolved = _beside(value, folder) if name in _INPUT_KEYS else None
+            if resolved is not None:
+                data[name] = resolved
+            else:
+                resolve_relative_paths(value, folder, name)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            resolved = (
+                _source_beside(item, folder) if key in _SOURCE_LISTS and isinstance(item, str) else None
+            )
+            if resolved is not None:
+                data[i] = resolved
+            else:
+                resolve_relative_paths(item, folder, key)
     return data
 
 
@@ -200,7 +255,10 @@ def load_recipe(
 ) -> Recipe:
     """Read, override and check a recipe; `method` fixes the type (`arctic sft train`)."""
     source = str(path) if path is not None else "<recipe>"
-    raw = dict(data) if data is not None else read_recipe(path)  # type: ignore[arg-type]
+    if data is not None:
+        raw = dict(data)
+    else:  # paths in the file are relative to it; those in `--set` to the working directory
+        raw = resolve_relative_paths(read_recipe(path), Path(path).parent)  # type: ignore[arg-type]
     try:
         raw = apply_overrides(raw, overrides)
     except RecipeError as exc:
@@ -215,5 +273,8 @@ def load_recipe(
     logger = raw.setdefault("logger", {})
     if isinstance(logger, dict) and path is not None:
         logger.setdefault("output_dir", f"runs/{Path(path).stem}")
+    config_class = features.recipe_config_class(config_class)  # + installed features' keys
+    features.refuse_missing_features(raw, config_class, source)
     config = structure(raw, config_class, source=source)
+    features.check_recipe(config, source)
     return Recipe(config=config, trainer_ref=trainer_ref, path=Path(path) if path is not None else None)
