@@ -36,7 +36,15 @@ def test_pairs_collate_as_chosen_rows_then_rejected_rows(tmp_path, tiny_tokenize
     factory = _factory(tmp_path, tiny_tokenizer, [str(path)])
     data = factory.train_dataset()
     batch = factory.collate([data[i] for i in range(3)])
-    assert set(batch) == {"input_ids", "labels", "position_ids", "attention_mask", "num_pairs"}
+    assert set(batch) == {
+        "input_ids",
+        "labels",
+        "position_ids",
+        "attention_mask",
+        "num_pairs",
+        "num_tokens",
+        "num_trainable_tokens",
+    }
     assert batch["input_ids"].shape[0] == 6 and int(batch["num_pairs"]) == 3
     for i in range(3):
         for side, row in (("chosen", i), ("rejected", 3 + i)):

@@ -247,7 +247,8 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(tiny_model_dir, pai
 
 def test_ipo_compares_per_token_mean_log_probs(tiny_model_dir, pairs, tmp_path):
     from arctic_core.engine.loop import to_device
-    from arctic_sft.dpo_loss import preference_losses, sequence_log_probs
+    from arctic_core.losses import sequence_log_probs
+    from arctic_sft.dpo_loss import preference_losses
 
     other = save_tiny_model(tmp_path / "other", "llama", seed=1)
     trainer = build(
@@ -270,7 +271,7 @@ def test_ipo_compares_per_token_mean_log_probs(tiny_model_dir, pairs, tmp_path):
         mean_p[:4], mean_p[4:], mean_r[:4], mean_r[4:], beta=0.5, loss_type="ipo"
     )
     torch.testing.assert_close(losses.detach(), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(stats[:, 2].float(), chosen, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats[:, 0].float(), chosen, atol=1e-5, rtol=1e-5)
     summed, _, _ = preference_losses(policy[:4], policy[4:], ref[:4], ref[4:], beta=0.5, loss_type="ipo")
     assert not torch.allclose(losses.detach(), summed, atol=1e-3)
 

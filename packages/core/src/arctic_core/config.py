@@ -284,6 +284,10 @@ class CheckpointConfig:
     save_end_of_training: bool = setting(False, doc="Save once training ends.")
     keep_last_n: int = setting(0, doc="Keep only the newest N checkpoints (0: keep all).", check=at_least(0))
     merge_adapters: bool = setting(False, doc="huggingface with PEFT: also export the merged model.")
+    allow_recipe_changes: bool = setting(
+        False,
+        doc="auto_resume: continue even if the recipe changed keys that decide data order or optimizer state.",
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.auto_resume and self.type != "deepspeed":

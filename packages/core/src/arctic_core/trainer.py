@@ -9,27 +9,37 @@ how a recipe's `type` (and the seed README's custom trainers) select it.
     setup_distributed -> setup_run_folder -> setup_resume -> setup_tokenizer -> setup_data
     -> setup_loaders -> setup_model -> setup_optimizer -> setup_scheduler -> setup_engine
     -> setup_checkpoints -> restore_training_state
-    for each optimizer step: gather `gradient_accumulation_steps` micro-batches, weight each
-    by its share of the global batch's trainable tokens, forward + backward each, step,
-    log one metrics line, maybe evaluate, maybe checkpoint.
+    for each optimizer step: take `gradient_accumulation_steps` micro-batches, prepare each
+    (`prepare_batch`), weight each by its share of the global batch's weight (trainable
+    tokens by default), forward + backward each, step, log one metrics line, maybe evaluate,
+    maybe checkpoint.
 
-Resuming (`auto_resume`, `arctic_core.engine.resume`) restores the engine, step, epoch,
-position in the epoch and RNG states before the first step. SIGTERM/SIGINT stop the run
-after the current step, with a checkpoint (`arctic_core.engine.signals`).
+Resuming (`auto_resume`, `arctic_core.engine.resume`) restores the engine, step, epoch, the
+loader's own position and RNG states before the first step, after checking that the recipe
+did not change what the checkpoint's data order and optimizer depend on. SIGTERM/SIGINT stop
+the run after the current step, with a checkpoint (`arctic_core.engine.signals`).
 
-Hooks for methods (override in a subclass):
+Hooks for methods (override in a subclass; docs/writing-a-method.md):
 
-- `loss(batch)`: the micro-batch's mean loss over its trainable tokens (default: causal-LM
-  cross-entropy with the shift). It may run several forward passes (`forward(batch)`).
+- `loss(batch)`: the micro-batch's mean loss, a tensor or a `LossOutput(loss, weight,
+  metrics)` (default: causal-LM cross-entropy with the shift). It may run several forward
+  passes (`forward(batch)`, frozen companions from `build_frozen_model`).
+- `micro_batch_weight(batch)`: what the micro-batch counts for in the step's mean, known
+  before its forward (default: the collate's `num_trainable_tokens`, else 1).
+- `prepare_batch(batch)`: between the loader and the loss, on the device (default: the
+  enabled feature plugins', e.g. sequence sharding).
 - `build_model()`, `transform_model(model)`: build the network; add or patch modules.
 - `select_trainable(model)`: which parameters train (default: the recipe's glob patterns).
-- `setup_data()`: datasets and the collate function (default: `arctic_core.data.DataFactory`).
+- `setup_data()`: datasets and the collate function (default: `arctic_core.data.DataFactory`);
+  a `arctic_core.engine.loaders.PreBatched` train dataset holds whole global batches.
+- `topology_sizes()`: the parallel sizes (default: what enabled features ask for).
 - `before_optimizer_step()`: called once per step after the last backward, gradients complete.
 - `step_metrics()`: extra numbers for the step's metrics line.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -39,18 +49,23 @@ from typing import Any, ClassVar
 
 import torch
 
-from arctic_core.config import TrainerConfig
+from arctic_core.config import ModelConfig, TrainerConfig
+from arctic_core.engine.loop import LossOutput
 from arctic_core.errors import ArcticError
 from arctic_core.registry import register_trainer
+
+__all__ = ["LossOutput", "Trainer"]
 
 
 class Trainer:
     name: ClassVar[str]
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
     auto_model_class: ClassVar[Any] = None
+    """transformers Auto class for `build_model` (None: AutoModelForCausalLM)."""
     data_factory_class: ClassVar[Any] = None
     """`arctic_core.data.DataFactory` subclass for `setup_data` (None: DataFactory itself)."""
-    """transformers Auto class for `build_model` (None: AutoModelForCausalLM)."""
+    reports_perplexity: ClassVar[bool] = True
+    """Whether the loss is a mean negative log-likelihood, so evaluation also reports its perplexity."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -77,6 +92,7 @@ class Trainer:
         self.step_in_epoch = 0
         """Optimizer steps done in the current epoch."""
         self.resume_point: Any = None
+        self.train_loader: Any = None
         self.stopped_by = 0
         """The signal that stops the run after the current step (0: none)."""
         self._is_setup = False
@@ -105,15 +121,19 @@ class Trainer:
         """Check precision against the hardware, start the process group, build the DeepSpeed config."""
         from transformers import set_seed
 
-        from arctic_core.engine import deepspeed_config, distributed
+        from arctic_core.engine import deepspeed_config, distributed, topology
         from arctic_core.engine.peft import check_recipe as check_peft_recipe
+        from arctic_core.features import active_features
 
         deepspeed_config.check_precision(self.config, cuda=distributed.has_cuda())
         check_peft_recipe(self.config)  # peft installed, model.peft_config valid: before any model loads
+        self.features = active_features(self.config)
         distributed.init_distributed(self.local_rank)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.device = distributed.device()
-        self.ds_config = deepspeed_config.build_deepspeed_config(self.config, self.world_size)
+        self.topology = topology.Topology(world_size=self.world_size, rank=self.rank, **self.topology_sizes())
+        self.groups = topology.create_groups(self.topology)
+        self.ds_config = deepspeed_config.build_deepspeed_config(self.config, self.topology.dp_size)
         self.zero_stage = deepspeed_config.zero_stage(self.ds_config)
         set_seed(self.config.seed)  # python, numpy, torch (and CUDA)
 
@@ -128,7 +148,14 @@ class Trainer:
         if self.rank == 0:
             (run_dir / "recipe.yaml").write_text(render(self.config, "yaml"))
         distributed.barrier()
-        self.log.info("run folder %s, %d rank(s), ZeRO stage %d", run_dir, self.world_size, self.zero_stage)
+        self.log.info(
+            "run folder %s, %d rank(s) (%d data-parallel x %d sequence-parallel), ZeRO stage %d",
+            run_dir,
+            self.world_size,
+            self.topology.dp_size,
+            self.topology.sequence_parallel_size,
+            self.zero_stage,
+        )
 
     def setup_tokenizer(self) -> None:
         from arctic_core.data import load_tokenizer
@@ -146,23 +173,26 @@ class Trainer:
         self.collate = factory.collate
 
     def setup_loaders(self) -> None:
-        """The sharded, seeded train loader, and the step counts it implies."""
-        from arctic_core.engine.loop import train_loader
+        """The train loader (sharded over data-parallel ranks, stateful), and the step counts it implies."""
+        from arctic_core.engine.loaders import train_loader
 
-        self.train_loader, self.train_sampler = train_loader(
+        loader = train_loader(
             self.train_dataset,
             self.collate,
             batch_size=self.config.micro_batch_size,
-            rank=self.rank,
-            world_size=self.world_size,
+            accumulation=self.config.gradient_accumulation_steps,
+            dp_rank=self.topology.dp_rank,
+            dp_size=self.topology.dp_size,
             seed=self.config.data.seed,
             workers=self.config.data.dl_num_workers,
         )
+        self.train_loader = self.features.wrap_loader(self, loader)
         self.steps_per_epoch = len(self.train_loader) // self.config.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
+            per_step = self.config.micro_batch_size * self.config.gradient_accumulation_steps
             raise ArcticError(
                 f"the training data ({len(self.train_dataset)} samples) does not fill one optimizer step of "
-                f"{self.config.micro_batch_size * self.config.gradient_accumulation_steps * self.world_size} samples"
+                f"{per_step * self.topology.dp_size} samples"
             )
         self.total_steps = self.config.train_iters or self.config.epochs * self.steps_per_epoch
 
@@ -170,8 +200,10 @@ class Trainer:
         """Build the model, let the method transform it, add PEFT adapters, choose the trainable parameters."""
         from arctic_core.engine.peft import apply_adapters
 
+        self.features.before_model(self)
         model = self.build_model()
         model = self.transform_model(model)
+        model = self.features.transform_model(self, model)
         model = apply_adapters(
             model,
             self.config.model,
@@ -195,13 +227,17 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.config.scheduler, self.total_steps)
 
     def setup_engine(self) -> None:
+        """`deepspeed.initialize`, given the topology's process groups when sequence parallelism is on."""
         import deepspeed
+
+        from arctic_core.engine.topology import deepspeed_mpu
 
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model,
             optimizer=self.optimizer,
             lr_scheduler=self.scheduler,
             config=self.ds_config,
+            mpu=deepspeed_mpu(self.groups),
             dist_init_required=False,
         )
         self.model = self.engine.module
@@ -215,7 +251,7 @@ class Trainer:
         ]
 
     def setup_resume(self) -> None:
-        """With `auto_resume`, find the newest complete checkpoint; refuse one from another rank count."""
+        """With `auto_resume`, find the newest complete checkpoint; refuse one this run cannot continue."""
         from arctic_core.engine.resume import find_resume_point
 
         self.resume_point = find_resume_point(self.config, self.world_size)
@@ -258,14 +294,52 @@ class Trainer:
             model, self.config.model.trainable_parameters, self.config.model.frozen_parameters
         )
 
+    def build_frozen_model(self, config: ModelConfig | None = None, *, auto_class: Any = None) -> Any:
+        """A frozen companion (reference, teacher, base model) from a `[model]` table (default: `[model]`).
+
+        Same precision and ZeRO-3 partitioning as the trained model, eval mode, no gradients, no
+        optimizer state, never checkpointed (`arctic_core.engine.frozen`). Call it as the module.
+        """
+        from arctic_core.engine.frozen import build_frozen
+        from arctic_core.engine.topology import deepspeed_mpu
+
+        frozen = build_frozen(
+            config or self.config.model,
+            self.ds_config,
+            self.device,
+            seed=self.config.seed,
+            auto_class=auto_class if auto_class is not None else self.auto_model_class,
+            mpu=deepspeed_mpu(self.groups),
+        )
+        self.log.info("frozen model: %s", (config or self.config.model).name_or_path)
+        return frozen
+
+    def topology_sizes(self) -> dict[str, int]:
+        """Parallel sizes for `arctic_core.engine.topology.Topology` (default: those enabled features ask for)."""
+        return self.features.parallel_sizes()
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A micro-batch on the device, before its weight and loss (default: the enabled features' step)."""
+        return self.features.prepare_batch(self, batch)
+
+    def micro_batch_weight(self, batch: dict[str, Any]) -> float:
+        """What this (prepared) micro-batch counts for in the step's mean loss, known before its forward.
+
+        Default: its trainable tokens (`num_trainable_tokens`), else 1. A method whose loss is a
+        mean over pairs, samples or queries returns their number.
+        """
+        from arctic_core.engine.loop import trainable_count
+
+        return trainable_count(batch)
+
     def forward(self, batch: dict[str, Any]) -> Any:
         """One forward pass of the engine on the batch's model inputs."""
         from arctic_core.engine.loop import model_inputs
 
         return self.engine(**model_inputs(batch), use_cache=False)
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Mean causal-LM cross-entropy over the micro-batch's trainable tokens."""
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor | LossOutput:
+        """Mean causal-LM cross-entropy over the micro-batch's trainable tokens (or a `LossOutput`)."""
         from arctic_core.engine.loop import causal_lm_loss
 
         return causal_lm_loss(self.forward(batch).logits, batch["labels"])
@@ -281,7 +355,6 @@ class Trainer:
 
     def train(self) -> None:
         """Set up, then train for `train_iters` optimizer steps or `epochs` epochs."""
-        from arctic_core.engine.loop import close_loader
         from arctic_core.engine.metrics import MetricsWriter
         from arctic_core.engine.signals import StopRequest
 
@@ -311,7 +384,7 @@ class Trainer:
             if self.config.generation_eval.after_training:
                 self.generation_eval("after training")
         finally:
-            close_loader(self.train_loader)
+            self.train_loader.close()
             self.stop_request.uninstall()
             self.metrics.close()
         self.log.info("training finished after %d optimizer steps", self.global_step)
@@ -347,35 +420,41 @@ class Trainer:
         from arctic_core.engine.faults import kill_at_step
 
         gas = self.config.gradient_accumulation_steps
-        self.train_sampler.set_epoch(self.epoch)
-        self.train_sampler.skip_next(self.step_in_epoch * gas * self.config.micro_batch_size)  # resumed
+        self.train_loader.start_epoch(self.epoch)  # a resumed loader goes on from its restored position
         batches = iter(self.train_loader)
         while self.step_in_epoch < self.steps_per_epoch:
             if self._finished() or self._stop_requested():
                 return False
-            self.train_step([next(batches) for _ in range(gas)])
+            micro_batches = list(itertools.islice(batches, gas))
+            if len(micro_batches) < gas:  # a position restored from a changed recipe may end it early
+                break
+            self.train_step(micro_batches)
             kill_at_step(self.global_step)  # test-only fault point
         return True
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> None:
-        """One optimizer step over this rank's micro-batches, with the global token weighting."""
+        """One optimizer step over this rank's micro-batches, each weighted by its share of the global batch."""
         from arctic_core.engine import distributed
-        from arctic_core.engine.loop import to_device, trainable_count
+        from arctic_core.engine.loop import WeightedMeans, as_loss_output, check_weight, to_device
 
         start = time.perf_counter()
+        step = self.global_step + 1
         self.engine.train()
-        counts = [trainable_count(b) for b in micro_batches]
-        (total,) = distributed.all_reduce_sum([sum(counts)])
+        batches = [self.prepare_batch(to_device(b, self.device)) for b in micro_batches]
+        weights = [check_weight(self.micro_batch_weight(b), f"step {step}") for b in batches]
+        (total,) = distributed.all_reduce_sum([sum(weights)])
         if total <= 0:
-            raise ArcticError(f"step {self.global_step + 1}: the global batch has no trainable token")
-        ranks = self.engine.dp_world_size
+            raise ArcticError(f"step {step}: the global batch has no trainable token (its weights sum to 0)")
+        replicas = self.topology.dp_size  # DeepSpeed divides the summed gradients by this
         weighted = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i, (batch, count) in enumerate(zip(micro_batches, counts)):
-            loss = self.loss(to_device(batch, self.device))
-            weighted += loss.detach().double() * count
-            self.engine.backward(loss * (count * ranks / total), scale_wrt_gas=False)
-            if i == len(micro_batches) - 1:
-                record = self._close_step(float(weighted), total, micro_batches)
+        metrics = WeightedMeans()
+        for i, (batch, weight) in enumerate(zip(batches, weights)):
+            out = as_loss_output(self.loss(batch))
+            weighted += out.loss.detach().double() * weight
+            metrics.add(out.metrics, weight if out.weight is None else out.weight)
+            self.engine.backward(out.loss * (weight * replicas / total), scale_wrt_gas=False)
+            if i == len(batches) - 1:
+                record = self._close_step(float(weighted), total, batches, metrics)
             self.engine.step()
         self.global_step += 1
         self.step_in_epoch += 1
@@ -384,9 +463,9 @@ class Trainer:
         self._finish_step(record, start)
 
     def _close_step(
-        self, weighted: float, total: float, micro_batches: list[dict[str, Any]]
+        self, weighted: float, total: float, batches: list[dict[str, Any]], metrics: Any
     ) -> dict[str, Any]:
-        """After the last backward, before the optimizer step: the step's loss (checked), lr, counts."""
+        """After the last backward, before the optimizer step: the step's loss (checked), lr, counts, metrics."""
         from arctic_core.engine import distributed
         from arctic_core.engine.loop import labelled_count, token_count
 
@@ -394,8 +473,8 @@ class Trainer:
         loss_sum, tokens, labelled = distributed.all_reduce_sum(
             [
                 weighted,
-                sum(token_count(b) for b in micro_batches),
-                sum(labelled_count(b) for b in micro_batches),
+                sum(token_count(b) for b in batches),
+                sum(labelled_count(b) for b in batches),
             ]
         )
         step_loss = loss_sum / total
@@ -409,6 +488,7 @@ class Trainer:
             "grad_norm": self._grad_norm_before_step(),
             "tokens": int(tokens),
             "trainable_tokens": int(labelled),
+            **metrics.means(distributed.all_reduce_sum),
         }
         self.before_optimizer_step()
         return record
@@ -479,38 +559,39 @@ class Trainer:
         return accuracy
 
     def eval_rounds(self) -> Iterator[tuple[dict[str, Any], bool]]:
-        """This rank's eval batches on the device, each with True; then, until every rank has had as
-        many rounds, a filler batch with False whose results the caller discards (ZeRO-3 gathers
+        """This rank's prepared eval batches on the device, each with True; then, until every rank has had
+        as many rounds, a filler batch with False whose results the caller discards (ZeRO-3 gathers
         parameters collectively, so every rank must run as many forwards)."""
-        from arctic_core.engine.loop import eval_batch_count, eval_batches, to_device
+        from arctic_core.engine.loaders import eval_batch_count, eval_batches
+        from arctic_core.engine.loop import to_device
 
-        size, mbs, world = len(self.eval_dataset), self.config.micro_batch_size, self.world_size
-        rounds = max(eval_batch_count(size, batch_size=mbs, rank=r, world_size=world) for r in range(world))
-        mine = eval_batches(self.eval_dataset, self.collate, batch_size=mbs, rank=self.rank, world_size=world)
+        data, mbs, dp = self.eval_dataset, self.config.micro_batch_size, self.topology.dp_size
+        rounds = max(eval_batch_count(data, batch_size=mbs, dp_rank=r, dp_size=dp) for r in range(dp))
+        mine = eval_batches(data, self.collate, batch_size=mbs, dp_rank=self.topology.dp_rank, dp_size=dp)
         filler: dict[str, Any] | None = None
         for _ in range(rounds):
             batch = next(mine, None)
             if batch is not None:
-                yield to_device(batch, self.device), True
+                yield self.prepare_batch(to_device(batch, self.device)), True
                 continue
-            filler = filler or self.collate([self.eval_dataset[0]])
-            yield to_device(filler, self.device), False
+            filler = filler or self.prepare_batch(to_device(self.collate([data[0]]), self.device))
+            yield filler, False
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Token-weighted loss and perplexity over the eval data, each sample counted once across ranks."""
+        """Weighted mean loss (and perplexity) and the loss's metrics over the eval data, each sample once."""
         from arctic_core.engine import distributed
-        from arctic_core.engine.loop import trainable_count
+        from arctic_core.engine.loop import WeightedMeans, as_loss_output
 
         self.engine.eval()
-        loss_sum = tokens = 0.0
+        means = WeightedMeans()
         for batch, counts in self.eval_rounds():
-            loss = float(self.loss(batch))
-            if counts:
-                count = trainable_count(batch)
-                loss_sum += loss * count
-                tokens += count
-        loss_sum, tokens = distributed.all_reduce_sum([loss_sum, tokens])
+            out = as_loss_output(self.loss(batch))
+            weight = self.micro_batch_weight(batch) if counts else 0.0  # fillers count for nothing
+            means.add({"loss": out.loss}, weight)
+            means.add(out.metrics, weight if out.weight is None or not counts else out.weight)
         self.engine.train()
-        eval_loss = loss_sum / max(tokens, 1.0)
-        return {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 700.0))}
+        results = {f"eval_{name}": value for name, value in means.means(distributed.all_reduce_sum).items()}
+        if self.reports_perplexity:
+            results["eval_perplexity"] = math.exp(min(results["eval_loss"], 700.0))
+        return results

@@ -143,3 +143,27 @@ def test_nan_loss_exits_1_and_leaves_the_last_good_checkpoint(
     assert _fingerprints(good) == before
     assert checkpoints(run) == ["global_step_4"]  # no end-of-training or stop save after the NaN
     assert metrics(run) == reference[:5]
+
+
+def test_resume_refuses_a_recipe_that_changes_the_data_order_unless_allowed(
+    tiny_model_dir, chat_data, tmp_path, killed_at_7
+):
+    recipe = copy_of(killed_at_7, tmp_path, tiny_model_dir, chat_data)
+    write_recipe(tmp_path, model=tiny_model_dir, data=chat_data, mbs=1, workers=1)  # same folder, new recipe
+    changed = recipe.read_text().replace("seed = 7", "seed = 8")
+    recipe.write_text(changed)
+    run = tmp_path / "run"
+    before = (run / "metrics.jsonl").read_text()
+
+    refused = arctic_train(recipe)
+    assert refused.returncode == 2, explain(refused)
+    assert "checkpoint[0].auto_resume" in refused.stderr and "Traceback" not in refused.stderr
+    assert "other micro_batch_size, seed;" in refused.stderr  # not data.dl_num_workers: loading speed only
+    assert (run / "metrics.jsonl").read_text() == before  # nothing of the run was touched
+
+    recipe.write_text(
+        changed.replace("auto_resume = true", "auto_resume = true\nallow_recipe_changes = true")
+    )
+    allowed = arctic_train(recipe)
+    assert allowed.returncode == 0, explain(allowed)
+    assert "resumed from" in allowed.stderr and "global_step_4 at step 4" in allowed.stderr

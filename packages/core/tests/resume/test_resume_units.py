@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from arctic_core.engine import checkpoint as ckpt
-from arctic_core.engine.loop import ResumableSampler
+from arctic_core.engine.loaders import ResumableSampler
 from arctic_core.engine.metrics import truncate_metrics
 from arctic_core.engine.resume import STATE_FILE, newest_checkpoint
 from arctic_core.engine.signals import StopRequest

@@ -9,16 +9,16 @@ For each pair (prompt x, chosen y_c, rejected y_r), with π the policy and π_re
     rewards:   r = β·(logπ(y|x) − logπ_ref(y|x)) per side; accuracy = share of pairs with r_c > r_r
 
 A micro-batch of B pairs is one policy forward over 2B rows, [chosen rows; rejected rows]
-(`arctic_sft.dpo_data`); its loss is the mean over its pairs. Micro-batches carry no
-`num_trainable_tokens`, so the loop weights them equally, and since each holds
-`micro_batch_size` pairs, a step's loss is the mean over all its pairs on all ranks.
+(`arctic_sft.dpo_data`); its loss is the mean over its pairs and its weight is B
+(`micro_batch_weight`), so a step's loss is the mean over all its pairs on all ranks. The pair
+statistics (rewards, accuracy, margin, log-probs) are the loss's metrics: per-pair means the
+loop averages over the step and over the evaluation.
 
 The reference is `[ref_model]`, or `[model]` built a second time (the same weights, or the same
-seeded initialisation). It never has an optimizer: under ZeRO-3 it is partitioned like the
-policy and wrapped by `deepspeed.initialize` without one (its forward gathers parameters
-collectively, so every rank runs as many reference forwards); under stages 0-2 it is a plain
-frozen module on the device. With `precompute_ref_log_probs` it scores every train and eval
-pair once, before the loaders exist, the scores become dataset columns, and it is freed.
+seeded initialisation), as a frozen companion (`Trainer.build_frozen_model`: no optimizer,
+partitioned like the policy under ZeRO-3, never checkpointed). With `precompute_ref_log_probs`
+it scores every train and eval pair once, before the loaders exist, the scores become dataset
+columns, and it is freed.
 """
 
 from __future__ import annotations
@@ -26,18 +26,16 @@ from __future__ import annotations
 import gc
 from typing import Any, ClassVar
 
-import attrs
 import torch
 
-from arctic_core.engine import distributed
+from arctic_core.losses import sequence_log_probs
+from arctic_core.trainer import LossOutput
 from arctic_sft.dpo_config import DPOConfig
 from arctic_sft.dpo_data import REF_COLUMNS, DPODataFactory
-from arctic_sft.dpo_loss import preference_losses, sequence_log_probs
+from arctic_sft.dpo_loss import preference_losses
 from arctic_sft.trainer import SFTTrainer
 
 STATS = (
-    "pairs",
-    "loss",
     "rewards/chosen",
     "rewards/rejected",
     "rewards/accuracy",
@@ -45,20 +43,20 @@ STATS = (
     "logps/chosen",
     "logps/rejected",
 )
-"""Per-pair sums kept for a step's (or an evaluation's) metrics; all but `pairs` are reported as means."""
+"""Per-pair statistics, reported as means over a step's (or an evaluation's) pairs."""
 
 
 class DPOTrainer(SFTTrainer):
     name = "dpo"
     config_class: ClassVar[type[DPOConfig]] = DPOConfig  # type: ignore[assignment]
     data_factory_class: ClassVar[Any] = DPODataFactory
+    reports_perplexity: ClassVar[bool] = False
     config: DPOConfig
 
     def __init__(self, config: DPOConfig, *, local_rank: int | None = None):
         super().__init__(config, local_rank=local_rank)
-        self.ref_model: torch.nn.Module | None = None
-        self.ref_engine: Any = None
-        self._step_stats = torch.zeros(len(STATS), dtype=torch.float64)
+        self.reference: Any = None
+        """The frozen reference (`arctic_core.engine.frozen.FrozenModel`); None once precomputed."""
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -69,53 +67,19 @@ class DPOTrainer(SFTTrainer):
 
     def setup_reference(self) -> None:
         """Build the frozen reference; with `precompute_ref_log_probs`, score the data with it and free it."""
-        self.ref_model = self.build_reference()
+        self.reference = self.build_frozen_model(self.config.ref_model or self.config.model)
         if not self.config.precompute_ref_log_probs:
             return
         self.train_dataset = self.with_reference_log_probs(self.train_dataset)
         if self.eval_dataset is not None:
             self.eval_dataset = self.with_reference_log_probs(self.eval_dataset)
-        self.ref_model = self.ref_engine = None
+        self.reference = None
         gc.collect()
 
-    def reference_ds_config(self) -> dict[str, Any]:
-        """The policy's precision and ZeRO-3 partitioning (stages 0-2: none), without optimizer settings."""
-        ds = self.ds_config
-        zero = dict(ds.get("zero_optimization", {})) if self.zero_stage == 3 else {"stage": 0}
-        zero.pop("offload_optimizer", None)
-        keys = (
-            "train_micro_batch_size_per_gpu",
-            "gradient_accumulation_steps",
-            "train_batch_size",
-            "bf16",
-            "fp16",
-        )
-        return {
-            **{k: ds[k] for k in keys if k in ds},
-            "zero_optimization": zero,
-            "steps_per_print": 2**62,
-            "wall_clock_breakdown": False,
-        }
-
-    def build_reference(self) -> torch.nn.Module:
-        """`[ref_model]` or a second build of `[model]`: frozen, eval mode, no activation checkpointing."""
-        from arctic_core.engine.model import build_model
-
-        source = self.config.ref_model or self.config.model
-        source = attrs.evolve(source, disable_activation_checkpoint=True, peft_config=None)
-        ds = self.reference_ds_config()
-        model = build_model(source, ds, seed=self.config.seed, auto_class=self.auto_model_class)
-        model.requires_grad_(False)
-        if self.zero_stage == 3:
-            import deepspeed
-
-            self.ref_engine, *_ = deepspeed.initialize(model=model, config=ds, dist_init_required=False)
-            model = self.ref_engine.module
-        else:
-            model.to(self.device)
-        model.eval()
-        self.log.info("reference model: %s", source.name_or_path)
-        return model
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        """The reference network itself (None once its log-probs were precomputed)."""
+        return self.reference.module if self.reference is not None else None
 
     @torch.no_grad()
     def with_reference_log_probs(self, dataset: Any) -> Any:
@@ -148,10 +112,11 @@ class DPOTrainer(SFTTrainer):
     # --- the loss -----------------------------------------------------------------------------
 
     def _reference_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.ref_model is not None, "the reference model was freed (precompute_ref_log_probs)"
+        if self.reference is None:
+            raise RuntimeError("the reference model was freed after precompute_ref_log_probs")
         with torch.no_grad():
             sums, _ = sequence_log_probs(
-                self.ref_model, batch, chunk_size=self.config.loss_chunk_size, call=self.ref_engine
+                self.reference.module, batch, chunk_size=self.config.loss_chunk_size, call=self.reference
             )
         pairs = sums.shape[0] // 2
         return sums[:pairs], sums[pairs:]
@@ -181,8 +146,6 @@ class DPOTrainer(SFTTrainer):
         )
         stats = torch.stack(
             [
-                torch.ones_like(chosen_r),
-                losses.detach(),
                 chosen_r,
                 rejected_r,
                 (chosen_r > rejected_r).to(chosen_r),
@@ -194,34 +157,12 @@ class DPOTrainer(SFTTrainer):
         )
         return losses, stats.double()
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The micro-batch's mean preference loss over its pairs; its statistics count towards the step's."""
+    def micro_batch_weight(self, batch: dict[str, Any]) -> float:
+        """Pairs: the loss is a mean over pairs."""
+        return float(batch["num_pairs"])
+
+    def loss(self, batch: dict[str, Any]) -> LossOutput:
+        """The micro-batch's mean preference loss over its pairs, with the pairs' mean statistics."""
         losses, stats = self.pair_outputs(batch)
-        self._step_stats += stats.sum(dim=0).cpu()
-        return losses.mean()
-
-    # --- metrics ------------------------------------------------------------------------------
-
-    def _means(self, sums: torch.Tensor, prefix: str = "") -> dict[str, float]:
-        totals = distributed.all_reduce_sum(sums.tolist())
-        pairs = max(totals[0], 1.0)
-        return {prefix + name: value / pairs for name, value in zip(STATS[1:], totals[1:])}
-
-    def step_metrics(self) -> dict[str, Any]:
-        """Means over the step's pairs (every micro-batch, every rank) of the rewards and log-probs."""
-        metrics = self._means(self._step_stats)
-        metrics.pop("loss")
-        self._step_stats.zero_()
-        return metrics
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean loss, rewards, reward accuracy and margin over the eval pairs, each pair counted once."""
-        self.engine.eval()
-        sums = torch.zeros(len(STATS), dtype=torch.float64)
-        for batch, counts in self.eval_rounds():
-            stats = self.pair_outputs(batch)[1]
-            if counts:
-                sums += stats.sum(dim=0).cpu()
-        self.engine.train()
-        return self._means(sums, prefix="eval_")
+        means = stats.mean(dim=0).tolist()
+        return LossOutput(losses.mean(), metrics=dict(zip(STATS, means)))

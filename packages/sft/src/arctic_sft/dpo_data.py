@@ -11,10 +11,10 @@ prompt masked. This factory changes two things:
   or has its answer cut at the end. A pair with no trainable token on either side is dropped.
 - Batches: `B` pairs become one batch of `2B` rows, `[chosen rows; rejected rows]`, with the
   batch contract's keys (`input_ids`, `labels`, `position_ids`, `attention_mask`) plus
-  `num_pairs`, and the reference log-probs `ref_chosen_logps`/`ref_rejected_logps` when they
-  were precomputed. It carries no `num_trainable_tokens`, so the loop weights micro-batches
-  equally: every training micro-batch holds `micro_batch_size` pairs, so a step's loss is the
-  mean over its pairs, however they are split over accumulation steps and ranks.
+  `num_pairs` (what the DPO trainer weights a micro-batch by: a step's loss is the mean over
+  its pairs, however they are split over accumulation steps and ranks), the counts
+  `num_tokens`/`num_trainable_tokens` for throughput, and the reference log-probs
+  `ref_chosen_logps`/`ref_rejected_logps` when they were precomputed.
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ from typing import Any
 
 import torch
 
-from arctic_core.config import SourceConfig
 from arctic_core.data import DataFactory, collate
 from arctic_core.data.errors import DataError
-from arctic_core.data.formats import normalize
 from arctic_core.data.samples import IGNORE, NOTHING_TRAINABLE, OK, TOO_LONG, TRUNCATED, SampleBuilder
 
 SIDES = ("chosen", "rejected")
@@ -84,28 +82,10 @@ def _refuse(sample: dict[str, list[int]], reason: str, data: Any, where: str) ->
 
 
 class PreferenceBuilder(SampleBuilder):
-    """Core's batched `datasets.map` function for preference rows, with the pair length rules."""
+    """Core's per-source builder for preference rows, with the pair length rules."""
 
-    def __call__(self, batch: dict[str, list[Any]], indices: Sequence[int]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {
-            key: [] for key in (*COLUMNS, "status", "length", "num_trainable", "row")
-        }
-        names = list(batch)
-        for position, index in enumerate(indices):
-            where = f"source {self.source!r} row {index}"
-            row = normalize({name: batch[name][position] for name in names}, self.fmt, self.mapping, where)
-            sample = {}
-            for side in SIDES:
-                ids, labels = self.masker(row["prompt"] + row[side], where, train_from=len(row["prompt"]))
-                sample[f"{side}_input_ids"], sample[f"{side}_labels"] = ids, labels
-            sample, status = pair_length_rules(sample, self.data, where)
-            for key in COLUMNS:
-                out[key].append(sample[key])
-            out["status"].append(status)
-            out["length"].append(max(len(sample[f"{s}_input_ids"]) for s in SIDES))
-            out["num_trainable"].append(min(sum(t != IGNORE for t in sample[f"{s}_labels"]) for s in SIDES))
-            out["row"].append(index)
-        return out
+    def length_rules(self, sample: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
+        return pair_length_rules(sample, self.data, where)
 
 
 class DPODataFactory(DataFactory):
@@ -120,17 +100,14 @@ class DPODataFactory(DataFactory):
         }
         return parts
 
-    def _builder(self, source: SourceConfig, columns: list[str], name: str) -> tuple[str, Any]:
-        # Core has no public hook for the per-row builder yet: wrap the one it chooses.
-        fmt, builder = super()._builder(source, columns, name)
+    builder_class = PreferenceBuilder
+
+    def check_format(self, fmt: str, name: str) -> None:
         if fmt != "preference":
             raise DataError(
                 f"{name}: dpo trains on preference pairs (prompt/chosen/rejected), but this source's "
                 f'format is {fmt!r}; set `format = "preference"` or `role_mapping` for other column names'
             )
-        preference = PreferenceBuilder(self.tokenizer, self.data, builder.source, fmt, builder.mapping)
-        preference.check_template()
-        return fmt, preference
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """`B` pairs -> one batch of `2B` rows: chosen rows first, then rejected rows."""
@@ -148,7 +125,6 @@ class DPODataFactory(DataFactory):
             max_length=self.data.max_length,
             pad_to=self.data.pad_to,
         )
-        del batch["num_trainable_tokens"]  # pairs, not tokens, weight the DPO loss (module docstring)
         batch["num_pairs"] = torch.tensor(len(rows))
         if REF_COLUMNS[0] in rows[0]:
             for key in REF_COLUMNS:

@@ -5,7 +5,7 @@ the assistant turns (with their end-of-turn token) that the data pipeline labels
 token for causal-LM training on plain text. Everything else (accumulation, the global
 token weighting across micro-batches and ranks, schedules, checkpoints) is core's loop;
 this method only supplies the loss, computed without materialising the full logits
-(`arctic_sft.loss`).
+(`arctic_core.losses`).
 
 A custom trainer subclasses `SFTTrainer`, sets `name`, and overrides `loss(batch)`.
 """
@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from arctic_core.trainer import Trainer
+from arctic_core.losses import causal_lm_loss
+from arctic_core.trainer import LossOutput, Trainer
 from arctic_sft.config import CausalConfig, SFTConfig
-from arctic_sft.loss import causal_lm_loss
 
 
 class SFTTrainer(Trainer):
@@ -26,7 +26,7 @@ class SFTTrainer(Trainer):
     config_class: ClassVar[type[SFTConfig]] = SFTConfig  # type: ignore[assignment]
     config: SFTConfig
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor | LossOutput:
         """Mean cross-entropy over the batch's trainable tokens, the output layer run in chunks."""
         return causal_lm_loss(self.model, batch, chunk_size=self.config.loss_chunk_size, call=self.engine)
 

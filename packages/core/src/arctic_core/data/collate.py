@@ -1,4 +1,4 @@
-"""Collation: rows to the batch contract (docs/contracts-for-helpers.md).
+"""Collation: rows to the batch contract (docs/training.md, "The batch contract").
 
 Rows are right-padded to a multiple of `div_length` (or to `max_length` with
 `pad_to = "max_length"`): `input_ids` with the pad token (the EOS token when the tokenizer
@@ -63,5 +63,6 @@ def collate_rows(
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if not packed:
         batch["attention_mask"] = attention_mask
+    batch["num_tokens"] = attention_mask.sum()
     batch["num_trainable_tokens"] = (labels != IGNORE).sum()
     return batch

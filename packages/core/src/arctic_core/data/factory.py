@@ -5,9 +5,11 @@ format, tokenize and mask, apply the length rules (counting drops), hold out the
 (`train_eval_split`), add `eval_sources`, pack when `pack_samples`, save. Every rank then
 loads the cached entry. `collate` turns rows into the batch contract.
 
-Methods extend it by subclassing: override `process_source` (other tokenization),
-`finish_split` (other packing), `collate` (e.g. preference pairs) and, for settings of
-their own, `cache_parts` (so that changing them builds a new cache entry).
+Methods extend it by subclassing: set `builder_class` (a `SampleBuilder` subclass with other
+length rules), override `check_format` (refuse formats the method cannot train on),
+`process_source` (other tokenization), `finish_split` (other packing), `collate` (e.g.
+preference pairs) and, for settings of their own, `cache_parts` (so that changing them builds
+a new cache entry).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def _datasets_caching_off() -> Iterator[None]:
 class DataFactory:
     """Builds (or loads from the cache) the datasets of a recipe and collates their rows."""
 
+    builder_class: type[SampleBuilder] = SampleBuilder
+    """The per-source `datasets.map` function for sources that are tokenized here."""
+
     def __init__(self, config: TrainerConfig, tokenizer: Any, *, run_dir: Path | str | None = None):
         self.config = config
         self.data = config.data
@@ -81,7 +86,7 @@ class DataFactory:
         return self._eval
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Rows to the batch contract (docs/contracts-for-helpers.md)."""
+        """Rows to the batch contract (docs/training.md, "The batch contract")."""
         if "input_ids" not in rows[0]:
             raise DataError(
                 f"rows with columns {sorted(rows[0])} (preference pairs?) need their method's data factory "
@@ -218,9 +223,13 @@ class DataFactory:
         )
         fmt = source.format or (known.format if known and not source.role_mapping else None)
         fmt = fmt or formats.detect_format(columns, mapping, name)
-        builder = SampleBuilder(self.tokenizer, self.data, name, fmt, mapping)
+        self.check_format(fmt, name)
+        builder = self.builder_class(self.tokenizer, self.data, name, fmt, mapping)
         builder.check_template()
         return fmt, builder
+
+    def check_format(self, fmt: str, name: str) -> None:
+        """Refuse a source whose row format this factory's method cannot train on (default: accept all)."""
 
     def _num_proc(self, rows: int) -> int | None:
         wanted = self.data.num_proc or min(16, os.cpu_count() or 1)

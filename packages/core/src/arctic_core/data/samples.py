@@ -79,7 +79,11 @@ def _refuse(sample: Sample, reason: str, data: DataConfig, where: str) -> tuple[
 
 
 class SampleBuilder:
-    """Batched `datasets.map` function for one source (picklable, for worker processes)."""
+    """Batched `datasets.map` function for one source (picklable, for worker processes).
+
+    A method changes how its samples are cut or dropped by overriding `length_rules`, and names
+    its subclass in `DataFactory.builder_class`.
+    """
 
     def __init__(self, tokenizer: Any, data: DataConfig, source: str, fmt: str, mapping: RoleMapping):
         self.data, self.source, self.fmt, self.mapping = data, source, fmt, mapping
@@ -114,7 +118,7 @@ class SampleBuilder:
             if row["kind"] == "chat" and not self.masker.tokenizer.chat_template:
                 self.check_template()
             for sample in tokenize_row(row, self.masker, self.data, where):
-                sample, status = apply_length_rules(sample, self.data, where)
+                sample, status = self.length_rules(sample, where)
                 for key in self.columns:
                     out[key].append(sample[key])
                 label_keys = [k for k in self.columns if k.endswith("labels")]
@@ -123,6 +127,10 @@ class SampleBuilder:
                 out["num_trainable"].append(min(sum(t != IGNORE for t in sample[k]) for k in label_keys))
                 out["row"].append(index)
         return out
+
+    def length_rules(self, sample: Sample, where: str) -> tuple[Sample, str]:
+        """Truncate or drop a too-long sample, drop one with nothing to train (`apply_length_rules`)."""
+        return apply_length_rules(sample, self.data, where)
 
 
 class PretokenizedBuilder:

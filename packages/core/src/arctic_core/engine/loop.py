@@ -1,24 +1,79 @@
-"""Pieces of the training loop that need no trainer: the default loss, batch bookkeeping, data loaders.
+"""Pieces of the training loop that need no trainer: what a loss returns, batch bookkeeping, weighting.
 
 Loss weighting (see docs/training.md): `Trainer.loss(batch)` returns the micro-batch's mean
-over its trainable tokens. An optimizer step's loss must be the mean over every trainable
-token of the global batch, so micro-batch i of the step is weighted by n_i / N, where N sums
-n_i over every micro-batch of the step on every rank (one all-reduce before the first
-forward). DeepSpeed then averages gradients over the R data-parallel ranks, so the loop
-hands `engine.backward` the loss times `n_i x R / N` and asks it not to divide by the
-accumulation steps (`scale_wrt_gas=False`).
+loss, as a tensor or a `LossOutput`. Each micro-batch has a weight w_i, known before its
+forward (`Trainer.micro_batch_weight`: its trainable tokens by default, its pairs, samples or
+queries for other methods). An optimizer step's loss must be the weighted mean over the whole
+global batch, sum_i w_i L_i / W with W = sum of w_i over every micro-batch of the step on
+every rank (one all-reduce before the first forward). DeepSpeed sums gradients over the ranks
+and divides by the D data-parallel replicas, so the loop hands `engine.backward` the loss
+times `w_i x D / W` and asks it not to divide by the accumulation steps (`scale_wrt_gas=False`).
+
+Metrics a loss returns (`LossOutput.metrics`, per-micro-batch means) are reported as weighted
+means over the step (or the evaluation), weighted by `LossOutput.weight` (default: w_i).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from arctic_core.errors import ArcticError
 
 IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
+
+
+@attrs.frozen
+class LossOutput:
+    """What `Trainer.loss(batch)` may return instead of a bare tensor.
+
+    - `loss`: the micro-batch's mean loss (a scalar tensor with its graph).
+    - `weight`: how much the micro-batch's metrics count in the step's (and the evaluation's)
+      weighted means; None: its loss weight, `Trainer.micro_batch_weight(batch)`.
+    - `metrics`: per-micro-batch means (floats or scalar tensors), reported per step and in eval.
+    """
+
+    loss: torch.Tensor
+    weight: float | None = None
+    metrics: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def as_loss_output(value: Any) -> LossOutput:
+    if isinstance(value, LossOutput):
+        return value
+    if isinstance(value, torch.Tensor):
+        return LossOutput(value)
+    raise TypeError(f"loss() must return a tensor or a LossOutput, not {type(value).__name__}")
+
+
+class WeightedMeans:
+    """Weighted sums of named values over micro-batches; means over every rank at the end (one all-reduce)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, values: Mapping[str, Any], weight: float) -> None:
+        for name, value in values.items():
+            number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            self.sums[name] = self.sums.get(name, 0.0) + number * weight
+            self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def means(self, reduce: Any) -> dict[str, float]:
+        """`reduce` sums a list of floats over ranks; every rank must hold the same names in the same order."""
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        totals = reduce([self.sums[n] for n in names] + [self.weights[n] for n in names])
+        count = len(names)
+        return {
+            n: totals[i] / totals[count + i] if totals[count + i] else math.nan for i, n in enumerate(names)
+        }
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -50,16 +105,24 @@ def trainable_count(batch: Mapping[str, Any]) -> float:
 
 
 def token_count(batch: Mapping[str, Any]) -> int:
-    """Real tokens in the micro-batch: the attention mask's ones when unpacked, else every position."""
+    """Tokens in the micro-batch, for throughput: the collate's `num_tokens` if it gives one, else the
+    attention mask's ones when unpacked, every position of `input_ids` when packed, 0 without tokens."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())
+    if "input_ids" in batch:
+        return int(batch["input_ids"].numel())
+    return 0
 
 
 def labelled_count(batch: Mapping[str, Any]) -> int:
-    if "labels" not in batch:
-        return 0
-    return int((batch["labels"] != IGNORE_INDEX).sum())
+    """Trainable tokens: the collate's `num_trainable_tokens`, else labels != -100, else 0."""
+    if "num_trainable_tokens" in batch:
+        return int(batch["num_trainable_tokens"])
+    if "labels" in batch:
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+    return 0
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -68,87 +131,7 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
-    """A `DistributedSampler` whose next pass can start part-way through the epoch (for resuming).
-
-    `skip_next(n)` drops this rank's first n samples of the next `iter()` only. Indices are drawn
-    in the main process, so this holds with data-loader workers too.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.skip = 0
-
-    def skip_next(self, samples: int) -> None:
-        self.skip = samples
-
-    def __iter__(self) -> Iterator[Any]:
-        indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
-        return iter(indices[skip:])
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Data-loader workers leave SIGINT/SIGTERM to their rank, which stops after the current step.
-
-    (A worker killed by SIGTERM would make its rank fail with "DataLoader worker exited
-    unexpectedly" while it finishes the step.) Workers still end when their rank does:
-    `close_loader`, or their watchdog once the rank has died.
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def close_loader(loader: DataLoader) -> None:
-    """Stop a loader's persistent workers now, cleanly.
-
-    Needed because the workers ignore SIGTERM: at interpreter exit, multiprocessing would
-    terminate (SIGTERM) and then wait for them forever.
-    """
-    iterator = getattr(loader, "_iterator", None)
-    shutdown = getattr(iterator, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-    if iterator is not None:
-        loader._iterator = None
-
-
-def train_loader(
-    dataset: Dataset, collate: Any, *, batch_size: int, rank: int, world_size: int, seed: int, workers: int
-) -> tuple[DataLoader, ResumableSampler]:
-    """Seeded, shuffled, sharded over ranks without duplicates; call `sampler.set_epoch` every epoch.
-
-    The loader draws its workers' seeds from its own generator, never from the global torch RNG,
-    so iterating it does not change the RNG state a checkpoint records.
-    """
-    sampler = ResumableSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        drop_last=True,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return loader, sampler
-
-
-def eval_batches(
-    dataset: Sequence[Any], collate: Any, *, batch_size: int, rank: int, world_size: int
-) -> Iterator[dict[str, Any]]:
-    """This rank's evaluation batches: samples rank, rank+R, ...; each sample on exactly one rank."""
-    indices = list(range(rank, len(dataset), world_size))
-    for start in range(0, len(indices), batch_size):
-        yield collate([dataset[i] for i in indices[start : start + batch_size]])
-
-
-def eval_batch_count(size: int, *, batch_size: int, rank: int, world_size: int) -> int:
-    mine = len(range(rank, size, world_size))
-    return -(-mine // batch_size)
+def check_weight(weight: float, where: str) -> float:
+    if not math.isfinite(weight) or weight < 0:
+        raise ArcticError(f"{where}: micro_batch_weight gave {weight}; a weight must be finite and >= 0")
+    return weight

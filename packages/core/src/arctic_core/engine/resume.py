@@ -6,20 +6,25 @@ A `deepspeed` checkpoint is a folder (`<output_dir>/global_step_<N>`, or `epoch_
                          per rank), learning-rate scheduler
     latest               DeepSpeed's pointer to `state` (its own tools, e.g. zero_to_fp32, work)
     rng/rank_<R>.pt      each rank's python, numpy, torch (CPU) and CUDA RNG states
+    loader/rank_<R>.json each rank's training loader state (epoch, position in it)
     arctic_recipe.yaml   the resolved recipe
-    arctic_state.json    written last: step, epoch, position in the epoch, world size
+    arctic_state.json    written last: step, epoch, steps done in the epoch, world size
 
 `arctic_state.json` is the completion marker, and the folder is written under a temporary
 name and renamed when complete (`atomic_folder`): a folder without the marker is never loaded.
 
-Position in the data, in optimizer steps: a checkpoint after step N records the epoch E and
-the k optimizer steps done in it. A resumed run re-creates epoch E's order (the sampler is
-seeded; `set_epoch(E)`) and skips this rank's first k x gradient_accumulation_steps x
-micro_batch_size samples, exactly the micro-batches those k steps consumed (micro-batches
-left over at an epoch's end never count). k equal to the steps per epoch means epoch E is
-done: the run goes on at epoch E+1. The data loader draws nothing from the global RNG
-(`engine.loop.train_loader`), so the RNG states restored here are those the uninterrupted run
+Position in the data: the training loader saves its own state (`arctic_core.engine.loaders`:
+the epoch and what this rank consumed of it) and a resumed loader goes on from there, so the
+run sees exactly the micro-batches the uninterrupted run would have (micro-batches left over
+at an epoch's end never count). A checkpoint whose k optimizer steps done in epoch E equal
+the steps per epoch means epoch E is done: the run goes on at epoch E+1. The loaders draw
+nothing from the global RNG, so the RNG states restored here are those the uninterrupted run
 had after step N. The metrics file is cut after step N and appended to (`MetricsWriter`).
+
+Before anything loads, the checkpoint's recipe is compared with the run's: a change in a key
+that decides the data order or the optimizer's state (`ORDER_KEYS`, `OPTIMIZER_KEYS`) is
+refused (exit 2, naming the keys), unless the resuming entry sets `allow_recipe_changes`.
+Checkpoints of format 1 (before loaders kept their state) resume by the old arithmetic.
 
 End-of-training and on-signal saves go to `global_step_<N>` (unless step N is saved already);
 `keep_last_n` prunes `global_step_*` and `epoch_*` separately.
@@ -46,7 +51,20 @@ if TYPE_CHECKING:
 
 STATE_FILE = "arctic_state.json"
 ENGINE_TAG = "state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+ORDER_KEYS = ("micro_batch_size", "gradient_accumulation_steps", "seed", "data")
+"""Keys whose change alters which samples each step sees (data.* but the settings in `DATA_FREE`)."""
+DATA_FREE = ("num_proc", "dl_num_workers", "cache_dir")
+"""[data] keys that change how fast data is prepared or loaded, not what it is."""
+OPTIMIZER_KEYS = (
+    "optimizer.type",
+    "model.peft_config",
+    "model.trainable_parameters",
+    "model.frozen_parameters",
+    "sequence_parallel_size",
+)
+"""Keys whose change alters the optimizer state's shape or the parallel layout it was saved in."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class ResumePoint:
     epoch: int
     steps_in_epoch: int
     world_size: int
+    format: int = FORMAT_VERSION
 
 
 def read_state(folder: Path) -> ResumePoint | None:
@@ -70,6 +89,7 @@ def read_state(folder: Path) -> ResumePoint | None:
             epoch=int(state["epoch"]),
             steps_in_epoch=int(state["steps_in_epoch"]),
             world_size=int(state["world_size"]),
+            format=int(state.get("format", 1)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -100,13 +120,55 @@ def find_resume_point(config: TrainerConfig, world_size: int) -> ResumePoint | N
     if torch.distributed.is_initialized() and distributed.world_size() > 1:
         torch.distributed.broadcast_object_list(found, src=0)
     point = found[0]
-    if point is not None and point.world_size != world_size:
+    if point is None:
+        return None
+    if point.world_size != world_size:
         raise RecipeError(
             f"the newest checkpoint ({point.folder}) was written by {point.world_size} rank(s) but this run "
             f"has {world_size}; resume with {point.world_size} rank(s) (universal checkpoints are not supported)",
             path=f"checkpoint[{index}].auto_resume",
         )
+    if not config.checkpoint[index].allow_recipe_changes:
+        changed = changed_keys(point.folder / RECIPE_FILE, config)
+        if changed:
+            raise RecipeError(
+                f"the newest checkpoint ({point.folder}) was written by a recipe with other {', '.join(changed)}; "
+                "these decide the data order or the optimizer state, so resuming would not continue that run. "
+                f"Restore them, start a fresh run folder, or set checkpoint[{index}].allow_recipe_changes = true",
+                path=f"checkpoint[{index}].auto_resume",
+            )
     return point
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat or {prefix: {}}
+    return {prefix: value}
+
+
+def _watched(key: str) -> bool:
+    top = key.split(".", 1)[0].split("[", 1)[0]
+    if top == "data":
+        return key.split(".")[1].split("[", 1)[0] not in DATA_FREE
+    return top in ORDER_KEYS or any(key == k or key.startswith(k + ".") for k in OPTIMIZER_KEYS)
+
+
+def changed_keys(saved_recipe: Path, config: TrainerConfig) -> list[str]:
+    """The watched keys whose value differs between a checkpoint's recipe and `config` (sorted)."""
+    import yaml
+
+    from arctic_core.recipe.render import render
+
+    try:
+        saved = yaml.safe_load(saved_recipe.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # a checkpoint without a readable recipe: nothing to compare
+    old, new = _flatten(saved), _flatten(yaml.safe_load(render(config, "yaml")))
+    keys = {k for k in old.keys() | new.keys() if _watched(k)}
+    return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
 def rng_state() -> dict[str, Any]:
@@ -140,13 +202,27 @@ def restore(trainer: Trainer, point: ResumePoint) -> None:
     if path is None:
         raise ArcticError(f"DeepSpeed could not load the checkpoint in {point.folder}")
     set_rng_state(torch.load(point.folder / "rng" / f"rank_{trainer.rank}.pt", weights_only=False))
+    loader = trainer.train_loader
+    loader.load_state_dict(loader_state(trainer, point))
     trainer.global_step = point.global_step
-    trainer.epoch, trainer.step_in_epoch = point.epoch, point.steps_in_epoch
+    # The loader's position is the truth (it differs from the checkpoint's step count only when
+    # the user resumed a changed recipe on purpose: `allow_recipe_changes`).
+    trainer.epoch = loader.epoch
+    trainer.step_in_epoch = loader.position // trainer.config.gradient_accumulation_steps
     if trainer.step_in_epoch >= trainer.steps_per_epoch:  # that epoch was complete
         trainer.epoch, trainer.step_in_epoch = trainer.epoch + 1, 0
     for checkpoint in trainer.checkpoints:
         if isinstance(checkpoint, DeepSpeedCheckpoint) and checkpoint.config.auto_resume:
             checkpoint.last_saved_step = point.global_step
+
+
+def loader_state(trainer: Trainer, point: ResumePoint) -> dict[str, Any]:
+    """This rank's saved loader state; format-1 checkpoints predate it: derived from the step as they were."""
+    if point.format >= 2:
+        return json.loads((point.folder / "loader" / f"rank_{trainer.rank}.json").read_text())
+    config = trainer.config
+    samples = point.steps_in_epoch * config.gradient_accumulation_steps * config.micro_batch_size
+    return {"epoch": point.epoch, "samples": samples}
 
 
 @register_checkpoint("deepspeed")
@@ -184,6 +260,10 @@ class DeepSpeedCheckpoint(CheckpointEngine):
         fault_point("checkpoint-write", trainer.global_step)
         (folder / "rng").mkdir(exist_ok=True)
         torch.save(rng_state(), folder / "rng" / f"rank_{trainer.rank}.pt")
+        (folder / "loader").mkdir(exist_ok=True)
+        (folder / "loader" / f"rank_{trainer.rank}.json").write_text(
+            json.dumps(trainer.train_loader.state_dict()) + "\n"
+        )
         distributed.barrier()
         if trainer.rank != 0:
             return
