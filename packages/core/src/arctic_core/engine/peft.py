@@ -220,7 +220,7 @@ def merged_model(module: Any, state: dict[str, torch.Tensor]) -> Any:
     copy.load_state_dict({name: state[name] for name in expected}, strict=True)
     _restore_nonpersistent_buffers(copy, module)
     merged = copy.merge_and_unload()
-    merged.generation_config = base.generation_config
+    merged.generation_config = getattr(base, "generation_config", None)  # encoders have none
     return merged
 
 
