@@ -1,0 +1,92 @@
+"""`arctic embed eval|export|mine` on a tiny encoder and a synthetic BEIR folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from embed_support import arctic, task, write_beir
+from transformers import AutoModel, AutoTokenizer
+
+from arctic_embed.mine import mine_negatives
+from arctic_embed.retrieval import retrieval_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def test_retrieval_metrics_by_hand():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 2, "c": 1}, "q3": {}}
+    ranked = {"q1": ["x", "a", "y"], "q2": ["c", "z", "b"], "q3": ["a"]}
+    m = retrieval_metrics(ranked, qrels, ks=(1, 2))
+    ndcg1 = (1 / 1.584962500721156) / 1.0
+    ndcg2 = (1 / 1 + 2 / 2.0) / (2 / 1 + 1 / 1.584962500721156)
+    assert m["ndcg@10"] == pytest.approx((ndcg1 + ndcg2) / 2)
+    assert m["mrr@10"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["recall@1"] == pytest.approx((0 + 0.5) / 2) and m["recall@2"] == pytest.approx((1 + 0.5) / 2)
+
+
+def test_mining_excludes_positives_and_near_positives():
+    q = torch.tensor([[1.0, 0.0]])
+    d = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [1.0, 0.05], [1.0, 0.6], [1.0, 1.0], [0.0, 1.0]]), dim=-1
+    )
+    got = mine_negatives(q, d, [[0]], num_negatives=2, margin=0.95, depth=5)
+    assert got == [[2, 3]]  # 1 scores above 0.95 x the positive: a likely false negative
+    assert mine_negatives(q, d, [[0]], num_negatives=4, margin=0.95, depth=5) == [None]
+
+
+def test_eval_export_and_mine_commands(encoder_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir", task(40, seed=5))
+    (beir / "qrels" / "train.tsv").write_text((beir / "qrels" / "test.tsv").read_text())
+    out = arctic(
+        "embed", "eval", str(encoder_dir), str(beir), "--json", str(tmp_path / "m.json"), cwd=tmp_path
+    )
+    assert "ndcg@10" in out
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert 0.0 <= metrics["ndcg@10"] <= 1.0 and metrics["recall@100"] == 1.0
+
+    st = tmp_path / "st"
+    arctic(
+        "embed",
+        "export",
+        str(encoder_dir),
+        str(st),
+        "--pooling",
+        "mean",
+        "--query-prefix",
+        "query: ",
+        cwd=tmp_path,
+    )
+    modules = json.loads((st / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+    assert json.loads((st / "config_sentence_transformers.json").read_text())["prompts"]["query"] == "query: "
+    assert AutoTokenizer.from_pretrained(st).pad_token is not None
+    # the folder alone (AutoModel + 1_Pooling) embeds as the source encoder does
+    source, exported = AutoModel.from_pretrained(encoder_dir).eval(), AutoModel.from_pretrained(st).eval()
+    ids = torch.tensor([[257, 5, 9, 44]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            exported(input_ids=ids).last_hidden_state.mean(1), source(input_ids=ids).last_hidden_state.mean(1)
+        )
+    # starting again from the exported folder: its pooling and prompts are read back
+    again = arctic("embed", "eval", str(st), str(beir), cwd=tmp_path)
+    assert "ndcg@10" in again
+
+    arctic(
+        "embed",
+        "mine",
+        str(encoder_dir),
+        str(beir),
+        str(tmp_path / "mined"),
+        "--num-negatives",
+        "3",
+        "--queries-per-batch",
+        "4",
+        cwd=tmp_path,
+    )
+    rows = [json.loads(line) for line in (tmp_path / "mined" / "triplets.jsonl").read_text().splitlines()]
+    assert rows and all(
+        len(r["negatives"]) == 3 and not set(r["negatives"]) & set(r["positive"]) for r in rows
+    )
+    assert (tmp_path / "mined" / "batches" / "batch_00000000" / "relations.parquet").is_file()
