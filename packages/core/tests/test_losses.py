@@ -350,3 +350,109 @@ def test_sequence_log_probs_sum_the_answer_tokens_only(chunk_size):
         sums, counts = sequence_log_probs(model, batch, chunk_size=chunk_size)
     torch.testing.assert_close(sums, full_log_probs(model, batch).sum(dim=1).detach(), **CLOSE)
     assert counts.tolist() == keep.sum(dim=1).tolist() and counts[3] == 0 and sums[3] == 0
+
+
+# ZeRO-3: the head partitioned (DeepSpeed's CPU accelerator), called inside the checkpointed chunks.
+
+ZERO3 = {
+    "train_micro_batch_size_per_gpu": 1,
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},  # nothing stays gathered
+    "optimizer": {"type": "SGD", "params": {"lr": 0.0}},
+    "zero_allow_untested_optimizer": True,
+}
+
+
+class StudentAndHead(torch.nn.Module):
+    """A trainable projection (the student's last layer) and an output layer, as one ZeRO-3 model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(HIDDEN, HIDDEN)
+        self.head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def zero3_kl_step(frozen: bool, rows: int, seed: int = 30) -> dict[str, torch.Tensor]:
+    """One ZeRO-3 step of `distillation_kl` (chunks of 4 rows); the loss, d loss/d h_s and the whole head."""
+    import deepspeed
+
+    from arctic_core.gather import gathered_state_dict
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with deepspeed.zero.Init(config_dict_or_path=ZERO3):
+            model = StudentAndHead()
+    assert model.head.weight.ds_tensor.numel() < VOCAB * HIDDEN or torch.distributed.get_world_size() == 1
+    model.head.requires_grad_(not frozen)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ZERO3)
+    rank = torch.distributed.get_rank()
+    x, ht = hidden_states(seed + 1 + rank, rows=rows), hidden_states(seed + 3 + rank, rows=rows)
+    hs = engine(x.detach())
+    hs.retain_grad()
+    loss = distillation_kl(engine.module.head, hs, engine.module.head, ht, temperature=2.0, chunk_size=4)
+    engine.backward(loss)
+    weight = gathered_state_dict(engine.module.head, zero3=True).get("weight")
+    return {"loss": loss.detach(), "hs": hs.detach(), "ht": ht, "grad": hs.grad, "weight": weight}
+
+
+def assert_matches_plain_kl(result: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
+    layer = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+    layer.weight.data.copy_(weight)
+    hs = result["hs"].clone().requires_grad_()
+    rows = max(hs.shape[0], 1)
+    expected = plain_kl_sum(layer, hs, layer, result["ht"], 2.0, None, None) / rows
+    expected.backward()
+    torch.testing.assert_close(result["loss"], expected.detach(), **CLOSE)
+    if hs.shape[0]:
+        torch.testing.assert_close(result["grad"], hs.grad, **CLOSE)
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen-head", "trainable-head"])
+def test_distillation_kl_with_a_zero3_partitioned_head(frozen):
+    """A frozen partitioned head used to fail the recompute ('recomputed values have different metadata')."""
+    from arctic_core.engine import distributed
+
+    distributed.init_distributed()
+    result = zero3_kl_step(frozen, rows=ROWS)
+    assert_matches_plain_kl(result, result["weight"])
+
+
+def zero3_rank_main(rank: int, port: int, out: str) -> None:
+    """One spawned rank: 13 rows on rank 0; rank 1 has 0 rows, then 5 (4 chunks against 0, then 2)."""
+    import os
+
+    from arctic_core.engine import distributed
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    distributed.init_distributed()
+    try:
+        results = {
+            (frozen, other): zero3_kl_step(frozen, rows=13 if rank == 0 else other)
+            for frozen in (True, False)
+            for other in (0, 5)
+        }
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_distillation_kl_on_two_zero3_ranks_with_uneven_chunk_counts(tmp_path, monkeypatch):
+    """Each call of a partitioned head is a collective: without one agreed chunk count, gloo aborts."""
+    from arctic_core.engine import distributed
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = str(tmp_path / "rank")
+    torch.multiprocessing.spawn(zero3_rank_main, args=(distributed.free_port(), out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{rank}") for rank in range(2)]
+    for key, first in ranks[0].items():
+        assert first["hs"].shape[0] == 13 and ranks[1][key]["hs"].shape[0] == key[1]
+        for result in (first, ranks[1][key]):
+            assert_matches_plain_kl(result, first["weight"])

@@ -23,10 +23,17 @@ projects a single position; a forward hook on the backbone captures the final hi
 Only positions whose shifted label is trainable (labels != -100) reach the head: prompt tokens,
 padding and masked turns never do. The head is called as a module (not through its weight), so
 ZeRO-3 gathers its weight as usual, tied to the input embeddings or not.
+
+Two ZeRO-3 rules (`zero3_head`): every call of a partitioned head is a collective, so all ranks run
+the same number of chunks (the count is all-reduced; a rank with fewer rows runs empty chunks), and a
+frozen partitioned head is called through `_FrozenHead`, which saves nothing for backward and gathers
+its weight there itself (checkpointing would otherwise save the parameter, which ZeRO-3 releases
+after the recompute's forward, and refuse the recompute).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +45,8 @@ MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 DEFAULT_CHUNK_SIZE = 4096
 
 LogitTransform = tuple[float | None, float | None]
+ChunkKL = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""(student logits, teacher logits, T) of one chunk -> T² · sum of its rows' KL (e.g. a fused kernel)."""
 
 
 def backbone_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -55,11 +64,60 @@ def logit_transform(config: Any) -> LogitTransform:
     return getattr(config, "logit_scale", None), getattr(config, "final_logit_softcapping", None)
 
 
+def zero3_head(*heads: torch.nn.Module) -> bool:
+    """Whether any of `heads` has ZeRO-3 partitioned parameters (so every call of it is a collective)."""
+    return any(hasattr(p, "ds_id") for head in heads for p in head.parameters())
+
+
+class _FrozenHead(torch.autograd.Function):
+    """`head(hidden)` for a frozen ZeRO-3 linear head: saves nothing; backward gathers the weight itself.
+
+    A linear op saves its weight, the partitioned parameter itself, whose data ZeRO-3 releases when the
+    head's forward ends; in a recompute nothing fetches it again before the backward that needs it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
+        ctx.head = head
+        with torch.no_grad():
+            return head(hidden)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        from arctic_core.gather import gathered_parameters
+
+        weight = ctx.head.weight
+        with gathered_parameters([weight], enabled=True):
+            return grad.to(weight.dtype) @ weight, None
+
+
+def _call_head(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    frozen = not any(p.requires_grad for p in head.parameters())
+    if frozen and isinstance(head, torch.nn.Linear) and zero3_head(head):
+        return _FrozenHead.apply(hidden, head)
+    return head(hidden)
+
+
+def chunk_starts(rows: int, chunk_size: int, *heads: torch.nn.Module, device: Any = None) -> range:
+    """Start rows of the chunks; under ZeRO-3 on several ranks, as many chunks as the busiest rank has.
+
+    A rank's extra chunks start past its last row (empty slices), so every rank calls the head, a
+    collective, the same number of times. Every rank must call this (it all-reduces then).
+    """
+    count = -(-rows // chunk_size)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and zero3_head(*heads):
+        agreed = torch.tensor([count], dtype=torch.int64, device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        count = int(agreed.item())
+    return range(0, count * chunk_size, chunk_size)
+
+
 def output_logits(
     head: torch.nn.Module, hidden: torch.Tensor, scale: float | None, cap: float | None
 ) -> torch.Tensor:
     """fp32 logits of `hidden` rows, scaled and soft-capped as the architecture does."""
-    logits = head(hidden).float()
+    logits = _call_head(head, hidden).float()
     if scale is not None:
         logits = logits * scale
     if cap is not None:
@@ -102,7 +160,7 @@ def chunked_cross_entropy_sum(
     """Sum of CE over `hidden` `[N, H]` rows against `targets` `[N]`, `chunk_size` rows at a time (fp32)."""
     scale, cap = logit_transform(config)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
+    for start in chunk_starts(hidden.shape[0], chunk_size, head, device=hidden.device):
         part = slice(start, start + chunk_size)
         total = total + checkpoint(
             _chunk_loss_sum, head, hidden[part], targets[part], scale, cap, use_reentrant=False
@@ -130,7 +188,7 @@ def token_log_probs(
     """
     scale, cap = logit_transform(config)
     parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
+    for start in chunk_starts(hidden.shape[0], chunk_size, head, device=hidden.device):
         part = slice(start, start + chunk_size)
         if torch.is_grad_enabled():
             parts.append(
@@ -151,14 +209,20 @@ def _chunk_kl_sum(
     student_transform: LogitTransform,
     teacher_transform: LogitTransform,
     temperature: float,
+    chunk_kl: ChunkKL | None,
 ) -> torch.Tensor:
     # The teacher's chunk is computed here (and again on recompute), never passed in: a tensor
     # passed to a checkpointed function is kept for the backward pass, every chunk of it.
     with torch.no_grad():
-        teacher = output_logits(teacher_head, teacher_hidden, *teacher_transform) / temperature
-        teacher_logp = torch.log_softmax(teacher, dim=-1)
-    student = output_logits(student_head, student_hidden, *student_transform) / temperature
-    student_logp = torch.log_softmax(student, dim=-1)
+        teacher = output_logits(teacher_head, teacher_hidden, *teacher_transform)
+    student = output_logits(student_head, student_hidden, *student_transform)
+    return (chunk_kl or kl_sum)(student, teacher, temperature)
+
+
+def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · sum over rows of KL(softmax(teacher/T) ‖ softmax(student/T)), logits `[N, V]` fp32."""
+    teacher_logp = torch.log_softmax(teacher.detach() / temperature, dim=-1)
+    student_logp = torch.log_softmax(student / temperature, dim=-1)
     kl = F.kl_div(student_logp, teacher_logp, reduction="sum", log_target=True)
     return kl * temperature**2
 
@@ -173,13 +237,15 @@ def distillation_kl_sum(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     config: Any = None,
     teacher_config: Any = None,
+    chunk_kl: ChunkKL | None = None,
 ) -> torch.Tensor:
     """T² · sum over rows of KL(softmax(z_t/T) ‖ softmax(z_s/T)), `chunk_size` rows at a time (fp32).
 
     z_s = student_head(student_hidden) `[N, H_s]`, z_t = teacher_head(teacher_hidden) `[N, H_t]`; row i
     of each is the same token. The teacher side runs without grad. The heads may be the same module
     (SwiftKV: one model's head over its teacher and student hidden states) or two. `config` gives the
-    student's logit scale / soft-cap, `teacher_config` the teacher's (default: `config`).
+    student's logit scale / soft-cap, `teacher_config` the teacher's (default: `config`). `chunk_kl`
+    replaces the chunk's KL formula (`kl_sum`), e.g. by a fused kernel with its own backward.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -189,7 +255,10 @@ def distillation_kl_sum(
     teacher_transform = logit_transform(config if teacher_config is None else teacher_config)
     teacher_hidden = teacher_hidden.detach()
     total = student_hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, student_hidden.shape[0], chunk_size):
+    starts = chunk_starts(
+        student_hidden.shape[0], chunk_size, student_head, teacher_head, device=student_hidden.device
+    )
+    for start in starts:
         part = slice(start, start + chunk_size)
         total = total + checkpoint(
             _chunk_kl_sum,
@@ -200,6 +269,7 @@ def distillation_kl_sum(
             student_transform,
             teacher_transform,
             temperature,
+            chunk_kl,
             use_reentrant=False,
         )
     return total
@@ -215,11 +285,10 @@ def distillation_kl(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     config: Any = None,
     teacher_config: Any = None,
+    chunk_kl: ChunkKL | None = None,
 ) -> torch.Tensor:
     """`distillation_kl_sum` divided by the number of rows; 0 (still connected to the student) without rows."""
     rows = student_hidden.shape[0]
-    if rows == 0:
-        return student_hidden.sum() * 0.0
     summed = distillation_kl_sum(
         student_head,
         student_hidden,
@@ -229,7 +298,10 @@ def distillation_kl(
         chunk_size=chunk_size,
         config=config,
         teacher_config=teacher_config,
+        chunk_kl=chunk_kl,
     )
+    if rows == 0:  # no chunks (or, under ZeRO-3 on several ranks, empty ones that keep collectives in step)
+        return summed + student_hidden.sum() * 0.0
     return summed / rows
 
 
@@ -250,8 +322,6 @@ def causal_lm_loss(
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     count = int(keep.sum())
-    if count == 0:
-        return hidden.sum() * 0.0  # keeps the graph (and every rank's collectives) intact
     summed = chunked_cross_entropy_sum(
         head,
         hidden[:, :-1][keep],
@@ -259,6 +329,8 @@ def causal_lm_loss(
         chunk_size=chunk_size,
         config=getattr(model, "config", None),
     )
+    if count == 0:
+        return summed + hidden.sum() * 0.0  # keeps the graph (and every rank's collectives) intact
     return summed / count
 
 
