@@ -72,3 +72,15 @@ def test_zero3_two_ranks_match_zero0_one_rank_with_twice_the_micro_batch(tmp_pat
         for key in ("loss", "kl", "hidden_mse"):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-7), (x["step"], key)
     assert a[-1]["loss"] != a[0]["loss"]  # it trained
+
+
+def test_key_value_layers_covering_every_layer_are_refused_naming_the_key(tmp_path):
+    from arctic_core.errors import RecipeError
+
+    loaded = load_recipe(
+        QUICKSTART, [f"logger.output_dir={tmp_path / 'run'}", "model.num_key_value_layers=4"]
+    )
+    trainer = loaded.trainer_class()(loaded.config)
+    with pytest.raises(RecipeError, match="model has 4 layers") as caught:
+        trainer.setup()
+    assert caught.value.path == "model.num_key_value_layers"

@@ -8,7 +8,8 @@ Over the micro-batch's trainable positions P (position t is trainable when its n
     loss = kl + hidden_loss_mult * mse
 
 z = lm_head(final hidden state); the KL runs the head over chunks of rows (`arctic_core.losses`), so
-full-vocabulary logits of neither model ever exist. **The mean** is over trainable positions, not
+full-vocabulary logits of neither model ever exist; each chunk's KL and its gradient come from one
+fused kernel (`arctic_swiftkv.kernels`: Triton on CUDA, its PyTorch reference elsewhere). **The mean** is over trainable positions, not
 (as ArcticTraining) over every position of the padded batch: so a micro-batch's loss does not shrink
 with its padding or its prompt length, and core's weighting by trainable tokens makes the step loss
 the exact mean over all trainable positions of the global batch, whatever the micro-batch split or
@@ -23,6 +24,7 @@ import torch
 
 from arctic_core.losses import distillation_kl
 from arctic_core.trainer import LossOutput
+from arctic_swiftkv.kernels import fused_kl
 
 
 def trainable_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -55,6 +57,7 @@ def distillation_loss(
         temperature=temperature,
         chunk_size=chunk_size,
         config=config,
+        chunk_kl=fused_kl,
     )
     diff = student_states[hidden_loss_layer][mask] - teacher_states[hidden_loss_layer][mask].detach()
     mse = diff.float().pow(2).mean(dim=-1).sum() / max(rows, 1)

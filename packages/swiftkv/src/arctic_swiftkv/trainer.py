@@ -80,6 +80,13 @@ class SwiftKVTrainer(Trainer):
             if "num_key_value_layers" in str(exc) or "key_value_group_size" in str(exc):
                 raise RecipeError(str(exc), path="model.num_key_value_layers") from None
             raise
+        layers = model.config.num_hidden_layers
+        if model.config.num_key_value_layers >= layers:
+            raise RecipeError(
+                f"is {model.config.num_key_value_layers}, but the model has {layers} layers: SwiftKV needs at "
+                f"least one layer after the key-value layers (typically {layers // 2})",
+                path="model.num_key_value_layers",
+            )
         if not str(loader.source_type).endswith("_swiftkv"):
             initialise_swiftkv(model, zero3=self.zero_stage == 3)
             self.log.info("SwiftKV parameters initialised from the teacher's weights")
@@ -100,23 +107,6 @@ class SwiftKVTrainer(Trainer):
         out = self.engine(**model_inputs(batch), use_cache=False, logits_to_keep=1, output_hidden_states=True)
         return tuple(out.hidden_states)
 
-    def output_layer(self) -> torch.nn.Module:
-        """The head for the chunked KL: the module itself, or under ZeRO-3 (frozen) one whole copy of it.
-
-        Under ZeRO-3 a partitioned head called inside the loss's checkpointed chunks is gathered and
-        released between the forward and the recompute, which checkpointing refuses; the head is frozen,
-        so one gathered copy for this micro-batch's loss is exact.
-        """
-        from arctic_core.gather import gathered_parameters
-
-        head: Any = self.engine.module.lm_head
-        if self.zero_stage != 3 or head.weight.requires_grad:
-            return head
-        with gathered_parameters(head.parameters(), enabled=True):
-            copy = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
-            copy.load_state_dict({name: p.detach().clone() for name, p in head.named_parameters()})
-        return copy.requires_grad_(False).to(head.weight.device)
-
     def loss(self, batch: dict[str, Any]) -> LossOutput:
         from arctic_swiftkv.loss import distillation_loss
 
@@ -125,7 +115,7 @@ class SwiftKVTrainer(Trainer):
             teacher = self.hidden_states(batch)
         student = self.hidden_states(batch)
         return distillation_loss(
-            self.output_layer(),
+            module.get_output_embeddings(),  # ZeRO-3: called as a module, gathered per chunk
             student,
             teacher,
             batch["labels"],
