@@ -1,4 +1,8 @@
-"""`arctic embed eval|export|mine` on a tiny encoder and a synthetic BEIR folder."""
+"""`arctic embed eval|export|mine` on a tiny encoder and a synthetic BEIR folder.
+
+The commands run through Arctic's own command group in this process (plugin discovery included);
+`arctic train --num_gpus 2` in test_embed_two_ranks.py covers the real `arctic` process.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,22 @@ import json
 
 import pytest
 import torch
-from embed_support import arctic, task, write_beir
+from click.testing import CliRunner
+from embed_support import task, write_beir
 from transformers import AutoModel, AutoTokenizer
 
+from arctic_core.cli import cli
 from arctic_embed.mine import mine_negatives
 from arctic_embed.retrieval import retrieval_metrics
 
 pytestmark = pytest.mark.slow
+
+
+def arctic(*args: str) -> str:
+    """`arctic ARGS` in this process; its output, or a failure showing it."""
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output[-4000:]
+    return result.output
 
 
 def test_retrieval_metrics_by_hand():
@@ -39,9 +52,7 @@ def test_mining_excludes_positives_and_near_positives():
 def test_eval_export_and_mine_commands(encoder_dir, tmp_path):
     beir = write_beir(tmp_path / "beir", task(40, seed=5))
     (beir / "qrels" / "train.tsv").write_text((beir / "qrels" / "test.tsv").read_text())
-    out = arctic(
-        "embed", "eval", str(encoder_dir), str(beir), "--json", str(tmp_path / "m.json"), cwd=tmp_path
-    )
+    out = arctic("embed", "eval", str(encoder_dir), str(beir), "--json", str(tmp_path / "m.json"))
     assert "ndcg@10" in out
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0.0 <= metrics["ndcg@10"] <= 1.0 and metrics["recall@100"] == 1.0
@@ -56,7 +67,6 @@ def test_eval_export_and_mine_commands(encoder_dir, tmp_path):
         "mean",
         "--query-prefix",
         "query: ",
-        cwd=tmp_path,
     )
     modules = json.loads((st / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
@@ -70,7 +80,7 @@ def test_eval_export_and_mine_commands(encoder_dir, tmp_path):
             exported(input_ids=ids).last_hidden_state.mean(1), source(input_ids=ids).last_hidden_state.mean(1)
         )
     # starting again from the exported folder: its pooling and prompts are read back
-    again = arctic("embed", "eval", str(st), str(beir), cwd=tmp_path)
+    again = arctic("embed", "eval", str(st), str(beir))
     assert "ndcg@10" in again
 
     arctic(
@@ -83,7 +93,6 @@ def test_eval_export_and_mine_commands(encoder_dir, tmp_path):
         "3",
         "--queries-per-batch",
         "4",
-        cwd=tmp_path,
     )
     rows = [json.loads(line) for line in (tmp_path / "mined" / "triplets.jsonl").read_text().splitlines()]
     assert rows and all(

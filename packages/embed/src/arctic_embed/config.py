@@ -163,8 +163,8 @@ class EmbedConfig(TrainerConfig):
     )
     loss_kernel: str = setting(
         "auto",
-        doc="InfoNCE implementation: torch or auto (both the chunked PyTorch loss until a Triton kernel lands).",
-        check=one_of("auto", "torch"),
+        doc="InfoNCE block: torch, triton (CUDA only; arctic-embed[gpu]) or auto (torch until triton is GPU-validated).",
+        check=one_of("auto", "torch", "triton"),
     )
     retrieval_eval: RetrievalEvalConfig = setting(factory=RetrievalEvalConfig, doc="[retrieval_eval] table.")
 

@@ -151,9 +151,6 @@ class SentenceTransformersCheckpoint(CheckpointEngine):
         if trainer.config.model.peft_config:
             from arctic_core.engine.peft import merged_model
 
-            base = module.get_base_model()
-            if not hasattr(base, "generation_config"):  # encoders have none; core's merge copies it
-                base.generation_config = None
             module, state = merged_model(module, state or {}), None
         config = trainer.config
         export_model(

@@ -17,7 +17,8 @@ the one-rank loss of the global batch, at every ZeRO stage.
 `info_nce` computes this `chunk_size` rows at a time in a custom autograd function that keeps
 only the embeddings and one logsumexp per row between forward and backward, and recomputes each
 chunk's scores in the backward pass (the analytic gradient above): the `[rows, documents]`
-score matrix never exists whole. `info_nce_reference` is the plain dense autograd formula, the
+score matrix never exists whole. Each chunk is one block of `arctic_embed.kernels` (PyTorch, or
+a Triton kernel that also never holds a whole row of scores). `info_nce_reference` is the plain dense autograd formula, the
 independent reference the tests compare it with. Matryoshka (`mrl_loss`): (1 - w) L(full) +
 w L(first mrl_dim coordinates, re-normalised).
 """
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from arctic_embed.kernels import block_functions
 
 
 @dataclass
@@ -100,47 +103,63 @@ def _chunk_scores(
 class _ChunkedInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, d: torch.Tensor, targets: Targets, temperature: float, chunk: int
+        ctx: Any,
+        q: torch.Tensor,
+        d: torch.Tensor,
+        targets: Targets,
+        temperature: float,
+        chunk: int,
+        kernel: str,
     ) -> torch.Tensor:
+        block_forward, _ = block_functions(kernel)
         rows = targets.rows
         lse = torch.empty(rows, dtype=q.dtype, device=q.device)
         total = torch.zeros((), dtype=torch.float64, device=q.device)
         for start in range(0, rows, chunk):
             end = min(start + chunk, rows)
-            scores = _chunk_scores(q, d, targets, start, end, temperature)
-            lse[start:end] = torch.logsumexp(scores, dim=-1)
-            picked = scores.gather(1, targets.row_target[start:end, None]).squeeze(1)
+            q_rows = q[targets.row_query[start:end]]
+            allowed, target = targets.allowed(start, end), targets.row_target[start:end]
+            lse[start:end], picked = block_forward(q_rows, d, allowed, target, temperature)
             total += (lse[start:end] - picked).double().sum()
         ctx.save_for_backward(q, d, lse)
-        ctx.targets, ctx.temperature, ctx.chunk = targets, temperature, chunk
+        ctx.targets, ctx.temperature, ctx.chunk, ctx.kernel = targets, temperature, chunk, kernel
         return (total / rows).to(q.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         q, d, lse = ctx.saved_tensors
         targets, temperature = ctx.targets, ctx.temperature
-        rows = targets.rows
+        _, block_backward = block_functions(ctx.kernel)
         dq, dd = torch.zeros_like(q), torch.zeros_like(d)
-        scale = grad / (temperature * rows)
-        for start in range(0, rows, ctx.chunk):
-            end = min(start + ctx.chunk, rows)
-            scores = _chunk_scores(q, d, targets, start, end, temperature)
-            probs = torch.exp(scores - lse[start:end, None])
-            probs[torch.arange(end - start, device=q.device), targets.row_target[start:end]] -= 1.0
-            probs = probs * scale
+        scale = grad / (temperature * targets.rows)
+        for start in range(0, targets.rows, ctx.chunk):
+            end = min(start + ctx.chunk, targets.rows)
             query_rows = targets.row_query[start:end]
-            dq.index_add_(0, query_rows, probs @ d)
-            dd += probs.T @ q[query_rows]
-        return dq, dd, None, None, None
+            allowed, target = targets.allowed(start, end), targets.row_target[start:end]
+            dq_rows, dd_block = block_backward(
+                q[query_rows], d, allowed, target, lse[start:end], temperature, scale
+            )
+            dq.index_add_(0, query_rows, dq_rows)
+            dd += dd_block
+        return dq, dd, None, None, None, None
 
 
 def info_nce(
-    q: torch.Tensor, d: torch.Tensor, targets: Targets, temperature: float, *, chunk_size: int = 1024
+    q: torch.Tensor,
+    d: torch.Tensor,
+    targets: Targets,
+    temperature: float,
+    *,
+    chunk_size: int = 1024,
+    kernel: str = "torch",
 ) -> torch.Tensor:
-    """Mean InfoNCE over the rows of `targets` (q, d already normalised), `chunk_size` rows at a time."""
+    """Mean InfoNCE over the rows of `targets` (q, d already normalised), `chunk_size` rows at a time.
+
+    `kernel` computes each chunk: `torch`, or `triton` (`arctic_embed.kernels`).
+    """
     if targets.rows == 0:
         return (q.sum() + d.sum()) * 0.0  # connected, so every rank still runs the same backward
-    result: torch.Tensor = _ChunkedInfoNCE.apply(q, d, targets, temperature, chunk_size)
+    result: torch.Tensor = _ChunkedInfoNCE.apply(q, d, targets, temperature, chunk_size, kernel)
     return result
 
 

@@ -1,0 +1,274 @@
+"""Arctic's embed training against a plain PyTorch MultipleNegativesRankingLoss loop: one run, one machine.
+
+Both sides train the same BERT-shaped encoder (saved once, same initial weights) on the same
+pre-batched steps (Arctic reads them in place; the loop reads the same stored batches in the same
+order) with AdamW (lr 5e-4, no weight decay, constant LR, gradient clipping 1.0), fp32.
+
+The loop is sentence-transformers' `MultipleNegativesRankingLoss` on (anchor, positive, negative)
+triplets: mean pooling, cosine similarity x scale 20 between every query and every positive and
+hard negative of the batch, cross-entropy with the query's own positive as the target. Arctic runs
+`use_in_batch_negatives = true` at temperature 0.05 (= 1 / 20), the same loss; the first step's
+losses agree. Each configuration runs in its own process, so peak resident memory is its own
+(it includes the process's imports, about the same for both sides).
+
+Two global batches: a small one (both sides, plus held-out nDCG@10 after training) and a larger
+one, where Arctic's memory-bounded mode (`embed_chunk_size`: checkpointed encoder chunks, GradCache's
+effect; `loss_chunk_size`: the chunked analytic InfoNCE) is compared with Arctic and the loop
+computing everything at once.
+
+    uv run python bench/embed/bench_embed.py [--steps 60] [--batch 32] [--big-batch 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENCODER = {  # bert-tiny's shape: 2 layers, hidden 128 (about 0.5M parameters with the 1024-token vocabulary)
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 512,
+    "max_position_embeddings": 512,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "pad_token_id": 0,
+}
+LR = 5e-4
+WARMUP_STEPS = 1
+SCALE = 20.0  # MultipleNegativesRankingLoss's default; Arctic's temperature 1 / SCALE
+DOC_WORDS, QUERY_WORDS = 12, 4
+
+
+WORDS = (  # the vocabulary of the quickstart's synthetic task
+    "apple river stone cloud tiger piano candle forest rocket garden silver window mountain lemon "
+    "ocean violin castle desert engine falcon harbor island jacket kettle ladder marble needle "
+    "orange pepper quartz rabbit saddle tunnel umbrella valley wagon yellow zebra anchor basket "
+    "copper dragon feather glacier hammer igloo jungle koala lantern magnet nectar orbit pebble"
+).split()
+
+
+def _rows(count: int, seed: int) -> list[dict]:
+    """A document is DOC_WORDS random words; its query QUERY_WORDS of them; one random hard negative."""
+    rng, words = random.Random(seed), WORDS
+    rows = []
+    for _ in range(count):
+        doc = rng.sample(words, DOC_WORDS)
+        rows.append(
+            {
+                "query": " ".join(rng.sample(doc, QUERY_WORDS)),
+                "positive": " ".join(doc),
+                "negative": " ".join(rng.sample(words, DOC_WORDS)),
+            }
+        )
+    return rows
+
+
+def prepare(folder: Path, *, steps: int, batch: int, big_batch: int, big_steps: int) -> None:
+    """The encoder (one set of initial weights), pre-batched training steps and a held-out BEIR folder."""
+    import torch
+    from transformers import AutoModel, BertConfig
+
+    from arctic_core.testing import save_tokenizer_files, tiny_tokenizer
+    from arctic_embed.data import write_stored_batch
+
+    tok = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModel.from_config(BertConfig(vocab_size=len(tok), **ENCODER))
+    model.save_pretrained(folder / "model")
+    save_tokenizer_files(folder / "model")
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return tok(texts, add_special_tokens=True)["input_ids"]
+
+    for name, count, size in (("small", steps, batch), ("big", big_steps, big_batch)):
+        for b in range(count):
+            rows = _rows(size, seed=1000 * size + b)
+            docs = [r["positive"] for r in rows] + [r["negative"] for r in rows]
+            relations = [(i, i, 1) for i in range(size)] + [(i, size + i, -1) for i in range(size)]
+            write_stored_batch(
+                folder / name / f"batch_{b:08d}", ids([r["query"] for r in rows]), ids(docs), relations
+            )
+    held = _rows(200, seed=7)
+    beir = folder / "heldout"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": r["positive"]}) + "\n" for i, r in enumerate(held))
+    )
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": r["query"]}) + "\n" for i, r in enumerate(held))
+    )
+    qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in range(len(held))]
+    (beir / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+
+
+def run_arctic(folder: Path, name: str, data: str, steps: int, *, bounded: bool, evaluate: bool) -> dict:
+    out = folder / f"run-{name}"
+    recipe = folder / f"{name}.toml"
+    recipe.write_text(
+        f"""
+type = "embed"
+micro_batch_size = 1
+train_iters = {steps}
+seed = 0
+loss_temperature = {1 / SCALE}
+use_in_batch_negatives = true
+embed_chunk_size = {64 if bounded else 0}
+loss_chunk_size = {128 if bounded else 100000}
+[model]
+name_or_path = "{folder / "model"}"
+dtype = "fp32"
+pooling = "mean"
+disable_activation_checkpoint = true
+[data]
+root_directory = "{folder / data}"
+[optimizer]
+lr = {LR}
+weight_decay = 0.0
+[scheduler]
+name = "constant"
+warmup_ratio = 0.0
+[logger]
+output_dir = "{out}"
+progress_bar = false
+"""
+        + (f'[retrieval_eval]\npath = "{folder / "heldout"}"\nmax_length = 64\n' if evaluate else "")
+    )
+    subprocess.run([sys.executable, "-m", "arctic_core", "train", str(recipe)], check=True)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").open()]
+    timed = lines[WARMUP_STEPS:]
+    result = {
+        "first_loss": lines[0]["loss"],
+        "last_loss": lines[-1]["loss"],
+        "s_per_step": statistics.median(x["seconds"] for x in timed),
+        "peak_rss_gb": max(x.get("peak_memory_gb") or 0 for x in lines),
+    }
+    if evaluate:
+        evals = [json.loads(x) for x in (out / "retrieval_eval.jsonl").open()]
+        result["ndcg@10"], result["ndcg_before"] = evals[-1]["ndcg@10"], evals[0]["ndcg@10"]
+    return result
+
+
+def mean_pool(model, input_ids, attention_mask):
+    """sentence-transformers' Pooling(mean): the mean of the last hidden states over real tokens."""
+    hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = attention_mask[..., None].to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def loop_worker(folder: Path, data: str, steps: int, evaluate: bool) -> None:
+    """Runs in a subprocess: the plain PyTorch MultipleNegativesRankingLoss loop on the stored batches."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+
+    from arctic_embed.config import RetrievalEvalConfig
+    from arctic_embed.data import StoredBatches
+    from arctic_embed.retrieval import evaluate_folder
+
+    torch.manual_seed(0)
+    model = AutoModel.from_pretrained(folder / "model", dtype=torch.float32).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    stored = StoredBatches(folder / data)
+    losses, times = [], []
+    for step in range(steps):
+        batch = stored[step % len(stored)]
+        start = time.perf_counter()
+        q = mean_pool(model, batch["query_input_ids"], batch["query_attention_mask"])
+        d = mean_pool(model, batch["document_input_ids"], batch["document_attention_mask"])
+        # MNRL: cos_sim(anchors, positives + negatives) * scale, labels = arange (positives come first)
+        scores = F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T * SCALE
+        loss = F.cross_entropy(scores, torch.arange(q.shape[0]))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    result = {
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "s_per_step": statistics.median(times[WARMUP_STEPS:]),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    if evaluate:
+        settings = RetrievalEvalConfig(path=str(folder / "heldout"), max_length=64)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+        result["ndcg@10"] = evaluate_folder(model.eval(), tokenizer, settings, pooling="mean")["ndcg@10"]
+    print("RESULT " + json.dumps(result))
+
+
+def run_loop(folder: Path, data: str, steps: int, *, evaluate: bool) -> dict:
+    command = [sys.executable, __file__, "--worker", str(folder), "--data", data, "--steps", str(steps)]
+    if evaluate:
+        command.append("--evaluate")
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=60, help="steps at the small batch")
+    parser.add_argument("--batch", type=int, default=32, help="queries per small global batch")
+    parser.add_argument("--big-batch", type=int, default=1024, help="queries per large global batch")
+    parser.add_argument("--big-steps", type=int, default=4)
+    parser.add_argument("--worker")
+    parser.add_argument("--data")
+    parser.add_argument("--evaluate", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.worker:
+        loop_worker(Path(args.worker), args.data, args.steps, args.evaluate)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        prepare(
+            folder, steps=args.steps, batch=args.batch, big_batch=args.big_batch, big_steps=args.big_steps
+        )
+        small, big = args.batch, args.big_batch
+        results = {
+            f"arctic, batch {small}": run_arctic(
+                folder, "small", "small", args.steps, bounded=False, evaluate=True
+            ),
+            f"plain MNRL loop, batch {small}": run_loop(folder, "small", args.steps, evaluate=True),
+            f"arctic, batch {big}": run_arctic(
+                folder, "big", "big", args.big_steps, bounded=False, evaluate=False
+            ),
+            f"arctic memory-bounded, batch {big}": run_arctic(
+                folder, "bounded", "big", args.big_steps, bounded=True, evaluate=False
+            ),
+            f"plain MNRL loop, batch {big}": run_loop(folder, "big", args.big_steps, evaluate=False),
+        }
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; fp32; encoder "
+        f"BERT {ENCODER['num_hidden_layers']} layers x {ENCODER['hidden_size']}; each query has 1 positive "
+        f"+ 1 hard negative ({DOC_WORDS}-word documents); {args.steps} steps at batch {small}, "
+        f"{args.big_steps} at {big}; s/step: median after {WARMUP_STEPS} warm-up steps"
+    )
+    print(f"held-out nDCG@10 of the initial encoder: {results[f'arctic, batch {small}']['ndcg_before']:.4f}")
+    print("\n| run | s/step | queries/s | peak RSS GB | first loss | last loss | nDCG@10 after |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        queries = small if f"batch {small}" in name else big
+        ndcg = f"{r['ndcg@10']:.4f}" if "ndcg@10" in r else "-"
+        print(
+            f"| {name} | {r['s_per_step']:.3f} | {queries / r['s_per_step']:.0f} | {r['peak_rss_gb']:.2f} "
+            f"| {r['first_loss']:.5f} | {r['last_loss']:.5f} | {ndcg} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
