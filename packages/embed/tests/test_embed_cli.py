@@ -99,3 +99,24 @@ def test_eval_export_and_mine_commands(encoder_dir, tmp_path):
         len(r["negatives"]) == 3 and not set(r["negatives"]) & set(r["positive"]) for r in rows
     )
     assert (tmp_path / "mined" / "batches" / "batch_00000000" / "relations.parquet").is_file()
+
+
+def test_export_loads_in_sentence_transformers_and_embeds_as_arctic_does(encoder_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from arctic_embed.retrieval import encode_texts
+
+    st = tmp_path / "st"
+    arctic("embed", "export", str(encoder_dir), str(st), "--pooling", "mean", "--query-prefix", "query: ")
+    texts = ["apple river stone", "a much longer text about rivers, stones and the apples beside them"]
+    model = SentenceTransformer(str(st), device="cpu", local_files_only=True)
+    theirs = model.encode(texts, prompt_name="query", convert_to_tensor=True, batch_size=2)
+    tokenizer = AutoTokenizer.from_pretrained(st)
+    encoder = AutoModel.from_pretrained(encoder_dir)
+    ours = encode_texts(encoder, tokenizer, ["query: " + t for t in texts], pooling="mean")
+    assert theirs.shape == ours.shape  # batched with padding on both sides
+    torch.testing.assert_close(theirs.cpu(), ours, atol=1e-5, rtol=0)
+    documents = model.encode(texts, convert_to_tensor=True)  # no prompt for documents
+    torch.testing.assert_close(
+        documents.cpu(), encode_texts(encoder, tokenizer, texts, pooling="mean"), atol=1e-5, rtol=0
+    )
