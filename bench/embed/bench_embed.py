@@ -1,20 +1,22 @@
-"""Arctic's embed training against a plain PyTorch MultipleNegativesRankingLoss loop: one run, one machine.
+"""Arctic's embed training against sentence-transformers' MultipleNegativesRankingLoss: one run, one machine.
 
 Both sides train the same BERT-shaped encoder (saved once, same initial weights) on the same
 pre-batched steps (Arctic reads them in place; the loop reads the same stored batches in the same
 order) with AdamW (lr 5e-4, no weight decay, constant LR, gradient clipping 1.0), fp32.
 
-The loop is sentence-transformers' `MultipleNegativesRankingLoss` on (anchor, positive, negative)
-triplets: mean pooling, cosine similarity x scale 20 between every query and every positive and
-hard negative of the batch, cross-entropy with the query's own positive as the target. Arctic runs
+The other side is sentence-transformers itself, in a plain training loop: a `SentenceTransformer`
+(Transformer + mean Pooling) on the same folder, `MultipleNegativesRankingLoss` on (anchor,
+positive, hard negative) triplets (cosine similarity x scale 20 between every query and every
+positive and negative of the batch, cross-entropy with the query's own positive as the target),
+and `CachedMultipleNegativesRankingLoss` (GradCache, mini-batches of 64) for the large batch. Arctic runs
 `use_in_batch_negatives = true` at temperature 0.05 (= 1 / 20), the same loss; the first step's
 losses agree. Each configuration runs in its own process, so peak resident memory is its own
 (it includes the process's imports, about the same for both sides).
 
 Two global batches: a small one (both sides, plus held-out nDCG@10 after training) and a larger
 one, where Arctic's memory-bounded mode (`embed_chunk_size`: checkpointed encoder chunks, GradCache's
-effect; `loss_chunk_size`: the chunked analytic InfoNCE) is compared with Arctic and the loop
-computing everything at once.
+effect; `loss_chunk_size`: the chunked analytic InfoNCE) is compared with both sides computing
+everything at once and with CachedMultipleNegativesRankingLoss.
 
     uv run python bench/embed/bench_embed.py [--steps 60] [--batch 32] [--big-batch 1024]
 """
@@ -46,6 +48,7 @@ ENCODER = {  # bert-tiny's shape: 2 layers, hidden 128 (about 0.5M parameters wi
 }
 LR = 5e-4
 WARMUP_STEPS = 1
+CACHED_MINI_BATCH = 64  # CachedMultipleNegativesRankingLoss's mini-batch for the large batch
 SCALE = 20.0  # MultipleNegativesRankingLoss's default; Arctic's temperature 1 / SCALE
 DOC_WORDS, QUERY_WORDS = 12, 4
 
@@ -160,36 +163,49 @@ progress_bar = false
     return result
 
 
-def mean_pool(model, input_ids, attention_mask):
-    """sentence-transformers' Pooling(mean): the mean of the last hidden states over real tokens."""
-    hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    mask = attention_mask[..., None].to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-def loop_worker(folder: Path, data: str, steps: int, evaluate: bool) -> None:
-    """Runs in a subprocess: the plain PyTorch MultipleNegativesRankingLoss loop on the stored batches."""
+def loop_worker(folder: Path, data: str, steps: int, evaluate: bool, cached: bool) -> None:
+    """Runs in a subprocess: sentence-transformers' (Cached)MultipleNegativesRankingLoss on the stored batches."""
     import torch
-    import torch.nn.functional as F
-    from transformers import AutoModel, AutoTokenizer
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer
 
     from arctic_embed.config import RetrievalEvalConfig
     from arctic_embed.data import StoredBatches
     from arctic_embed.retrieval import evaluate_folder
 
     torch.manual_seed(0)
-    model = AutoModel.from_pretrained(folder / "model", dtype=torch.float32).train()
+    transformer = Transformer(str(folder / "model"))
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(ENCODER["hidden_size"], "mean")], device="cpu"
+    ).train()
+    loss_fn = (
+        CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=CACHED_MINI_BATCH)
+        if cached
+        else MultipleNegativesRankingLoss(model, scale=SCALE)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
     stored = StoredBatches(folder / data)
     losses, times = [], []
     for step in range(steps):
         batch = stored[step % len(stored)]
         start = time.perf_counter()
-        q = mean_pool(model, batch["query_input_ids"], batch["query_attention_mask"])
-        d = mean_pool(model, batch["document_input_ids"], batch["document_attention_mask"])
-        # MNRL: cos_sim(anchors, positives + negatives) * scale, labels = arange (positives come first)
-        scores = F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T * SCALE
-        loss = F.cross_entropy(scores, torch.arange(q.shape[0]))
+        queries = batch["query_input_ids"].shape[0]  # documents: the positives first, then the negatives
+        features = [
+            {"input_ids": batch["query_input_ids"], "attention_mask": batch["query_attention_mask"]},
+            *(
+                {
+                    "input_ids": batch["document_input_ids"][part],
+                    "attention_mask": batch["document_attention_mask"][part],
+                }
+                for part in (slice(0, queries), slice(queries, None))
+            ),
+        ]
+        loss = loss_fn(features, None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -205,14 +221,17 @@ def loop_worker(folder: Path, data: str, steps: int, evaluate: bool) -> None:
     if evaluate:
         settings = RetrievalEvalConfig(path=str(folder / "heldout"), max_length=64)
         tokenizer = AutoTokenizer.from_pretrained(folder / "model")
-        result["ndcg@10"] = evaluate_folder(model.eval(), tokenizer, settings, pooling="mean")["ndcg@10"]
+        encoder = transformer.model.eval()  # the Hugging Face model inside, scored by the same evaluator
+        result["ndcg@10"] = evaluate_folder(encoder, tokenizer, settings, pooling="mean")["ndcg@10"]
     print("RESULT " + json.dumps(result))
 
 
-def run_loop(folder: Path, data: str, steps: int, *, evaluate: bool) -> dict:
+def run_loop(folder: Path, data: str, steps: int, *, evaluate: bool, cached: bool = False) -> dict:
     command = [sys.executable, __file__, "--worker", str(folder), "--data", data, "--steps", str(steps)]
     if evaluate:
         command.append("--evaluate")
+    if cached:
+        command.append("--cached")
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -228,10 +247,11 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--data")
     parser.add_argument("--evaluate", action="store_true")
+    parser.add_argument("--cached", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        loop_worker(Path(args.worker), args.data, args.steps, args.evaluate)
+        loop_worker(Path(args.worker), args.data, args.steps, args.evaluate, args.cached)
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -243,14 +263,21 @@ def main() -> None:
             f"arctic, batch {small}": run_arctic(
                 folder, "small", "small", args.steps, bounded=False, evaluate=True
             ),
-            f"plain MNRL loop, batch {small}": run_loop(folder, "small", args.steps, evaluate=True),
+            f"sentence-transformers MNRL, batch {small}": run_loop(
+                folder, "small", args.steps, evaluate=True
+            ),
             f"arctic, batch {big}": run_arctic(
                 folder, "big", "big", args.big_steps, bounded=False, evaluate=False
             ),
             f"arctic memory-bounded, batch {big}": run_arctic(
                 folder, "bounded", "big", args.big_steps, bounded=True, evaluate=False
             ),
-            f"plain MNRL loop, batch {big}": run_loop(folder, "big", args.big_steps, evaluate=False),
+            f"sentence-transformers MNRL, batch {big}": run_loop(
+                folder, "big", args.big_steps, evaluate=False
+            ),
+            f"sentence-transformers CachedMNRL, batch {big}": run_loop(
+                folder, "big", args.big_steps, evaluate=False, cached=True
+            ),
         }
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; fp32; encoder "
