@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from arctic_core.testing import save_tokenizer_files, tiny_tokenizer
+from arctic_core.testing.runs import arctic, read_metrics  # noqa: F401  (re-exported to the tests)
 
 WORDS = (
     "apple river stone cloud tiger piano candle forest rocket garden silver window mountain lemon "
@@ -124,23 +122,3 @@ def write_prebatched(root: str | Path, *, batches: int, queries: int, seed: int,
         ids = lambda texts: tok(texts, add_special_tokens=True)["input_ids"]  # noqa: E731
         write_stored_batch(root / f"batch_{b:08d}", ids([r["query"] for r in rows]), ids(docs), relations)
     return root
-
-
-def arctic(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
-    """Run `arctic ARGS` in `cwd`; returns stdout+stderr; fails with it on a non-zero exit."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run(
-        [sys.executable, "-m", "arctic_core", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from arctic_core.testing import tiny_model
+from arctic_core.testing.runs import arctic, read_metrics  # noqa: F401  (re-exported to the tests)
 
 
 def swiftkv_pair(
@@ -58,30 +59,3 @@ def greedy_without_cache(model: Any, ids: torch.Tensor, mask: torch.Tensor, step
         token = logits[:, -1].argmax(-1, keepdim=True)
         ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
     return ids
-
-
-def arctic(*args: str, cwd: Any, timeout: int = 600) -> str:
-    """Run `arctic ARGS` in `cwd` (one thread per rank); fails the test with its output on a non-zero exit."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "arctic_core", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
-
-
-def read_metrics(path: Any) -> list[dict[str, Any]]:
-    import json
-    from pathlib import Path
-
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

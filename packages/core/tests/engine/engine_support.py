@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from arctic_core.testing.runs import read_metrics  # noqa: F401  (re-exported to the tests)
 from arctic_core.trainer import Trainer
 
 VOCAB_LOW, VOCAB_HIGH = 10, 1000
@@ -113,7 +114,3 @@ class RecorderTrainer(Trainer):
             out.mkdir(parents=True, exist_ok=True)
             torch.save({"grads": self.grads, "logits": logits}, out / "record.pt")
             (out / "micro_counts.json").write_text(json.dumps(self.micro_counts))
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -7,13 +7,12 @@ LoRA adapter on a tiny random model can lower the loss within a handful of steps
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from arctic_core.testing.runs import read_metrics  # noqa: F401  (re-exported to the tests)
 from arctic_core.trainer import Trainer
 
 PAD_ID = 0
@@ -94,7 +93,3 @@ class PeftTestTrainer(Trainer):
             out = Path(self.config.run_dir) / "record"
             out.mkdir(parents=True, exist_ok=True)
             torch.save({"logits": logits, "trainable": self.trainable_names}, out / "record.pt")
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

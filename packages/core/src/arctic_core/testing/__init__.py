@@ -39,6 +39,7 @@ from arctic_core.testing.models import (
     tiny_model,
     tiny_tokenizer,
 )
+from arctic_core.testing.runs import arctic, read_metrics
 
 __all__ = [
     "BOS_TOKEN",
@@ -50,10 +51,12 @@ __all__ = [
     "TOKENIZER_DIR",
     "Problem",
     "alpaca_rows",
+    "arctic",
     "arithmetic_conversations",
     "arithmetic_problems",
     "preference_rows",
     "prompt_completion_rows",
+    "read_metrics",
     "save_tiny_model",
     "save_tokenizer_files",
     "sharegpt_conversations",
