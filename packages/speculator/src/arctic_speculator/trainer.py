@@ -1,0 +1,87 @@
+"""Training a speculator on core's loop: the base model frozen, only the speculator's heads train.
+
+The trained module (`build_model`) is the `MLPSpeculator` itself; the base model is a frozen
+companion (`build_frozen_model`: no gradients, no optimizer state, never checkpointed). For each
+micro-batch the base model's last hidden states are computed under no-grad, then the speculator's
+heads run on them with the batch's own tokens (teacher forcing) and the loss is
+`arctic_speculator.loss.speculator_loss`: the sum over heads of the cross-entropy of head i on token
+t+2+i, per trainable position, with per-head loss and accuracy in every metrics line and in eval.
+Data: core's SFT pipeline (chat data); the targets are the dataset's own tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from arctic_core.trainer import LossOutput, Trainer
+from arctic_speculator.config import SpeculatorConfig
+
+
+class SpeculatorTrainer(Trainer):
+    name = "speculator"
+    config_class: ClassVar[type[SpeculatorConfig]] = SpeculatorConfig  # type: ignore[assignment]
+    config: SpeculatorConfig
+    reports_perplexity = False  # a sum of per-head cross-entropies, not one NLL
+
+    def build_model(self) -> torch.nn.Module:
+        """The frozen base model (kept as `self.base`) and a fresh speculator sized from it."""
+        from arctic_core.errors import RecipeError
+        from arctic_core.losses import backbone_and_head
+        from arctic_speculator.modeling import MLPSpeculator
+
+        if self.zero_stage == 3:
+            raise RecipeError(
+                "ZeRO-3 is not supported by the speculator yet (first cut); use stage 0, 1 or 2",
+                path="deepspeed.zero_optimization.stage",
+            )
+        cfg = self.config.model
+        self.base = self.build_frozen_model()
+        head: Any = backbone_and_head(self.base.module)[1]
+        vocab_size, hidden_size = (int(n) for n in head.weight.shape)
+        if cfg.emb_dim not in (0, hidden_size):
+            raise RecipeError(
+                f"is {cfg.emb_dim}, but the base model's hidden size is {hidden_size} (0 takes it)",
+                path="model.emb_dim",
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            speculator = MLPSpeculator(
+                hidden_size,
+                vocab_size,
+                n_predict=cfg.n_predict,
+                inner_dim=cfg.inner_dim,
+                tie_weights=cfg.tie_weights,
+                scale_input=cfg.scale_input,
+            )
+        dtype = next(self.base.module.parameters()).dtype
+        return speculator.to(dtype)
+
+    def micro_batch_weight(self, batch: dict[str, Any]) -> float:
+        """Trainable positions: those whose head-0 target (token t+2) is trained on."""
+        from arctic_speculator.loss import trainable_positions
+
+        return float(trainable_positions(batch["labels"], self.config.model.n_predict))
+
+    def base_hidden_states(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The frozen base model's last hidden states `[B, L, H]` (after its final norm), no grad."""
+        from arctic_core.losses import backbone_and_head, final_hidden_states
+
+        backbone = backbone_and_head(self.base.module)[0]
+        with torch.no_grad():
+            return final_hidden_states(self.base.module, backbone, batch, call=self.base)
+
+    def loss(self, batch: dict[str, Any]) -> LossOutput:
+        from arctic_speculator.loss import num_positions, speculator_loss
+
+        n_predict = self.config.model.n_predict
+        input_ids = batch["input_ids"]
+        steps = num_positions(input_ids.shape[1], n_predict)
+        hidden = self.base_hidden_states(batch)[:, :steps]
+        states = self.engine(hidden, input_ids[:, 1:], return_states=True)
+        module: Any = self.engine.module
+        loss, metrics = speculator_loss(
+            states, list(module.head), batch["labels"], chunk_size=self.config.loss_chunk_size
+        )
+        return LossOutput(loss, metrics=metrics)
