@@ -26,13 +26,6 @@ MODEL_CONFIG: dict[str, Any] = {
 
 def write_quickstart(folder: str | Path, n_train: int = 1024, n_heldout: int = 64) -> Path:
     """Write `train.jsonl`, `heldout.jsonl` and `tiny-model/` into `folder`."""
-    from arctic_core.testing import save_tokenizer_files, tiny_config, tiny_generation_config, write_dataset
+    from arctic_core.testing import write_chat_task
 
-    folder = Path(folder)
-    write_dataset(folder / "train.jsonl", "chat", n=n_train, seed=0)
-    write_dataset(folder / "heldout.jsonl", "chat", n=n_heldout, seed=1)
-    model_dir = folder / "tiny-model"
-    tiny_config("llama", **MODEL_CONFIG).save_pretrained(model_dir)
-    tiny_generation_config().save_pretrained(model_dir)
-    save_tokenizer_files(model_dir)
-    return folder
+    return write_chat_task(folder, MODEL_CONFIG, n_train=n_train, n_heldout=n_heldout)

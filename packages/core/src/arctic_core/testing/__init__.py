@@ -38,6 +38,7 @@ from arctic_core.testing.models import (
     tiny_generation_config,
     tiny_model,
     tiny_tokenizer,
+    write_chat_task,
 )
 from arctic_core.testing.runs import arctic, read_metrics
 
@@ -67,6 +68,7 @@ __all__ = [
     "tiny_tokenizer",
     "to_sharegpt",
     "ultrafeedback_rows",
+    "write_chat_task",
     "write_dataset",
     "write_hub_layout",
     "write_rows",

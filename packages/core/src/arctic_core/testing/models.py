@@ -130,3 +130,21 @@ def save_tiny_model(
     path = Path(path)
     tiny_model(arch, seed=seed, dtype=dtype, **overrides).save_pretrained(path)
     return save_tokenizer_files(path)
+
+
+def write_chat_task(
+    folder: str | Path, model_config: dict[str, Any], *, n_train: int, n_heldout: int, family: str = "llama"
+) -> Path:
+    """A bundled quickstart's assets: `train.jsonl` and `heldout.jsonl` (arithmetic chats from seeds 0
+    and 1) and `tiny-model/` (a `family` config with `model_config`, generation config, the shipped
+    tokenizer; no weights: recipes build it with `model.from_config`)."""
+    from arctic_core.testing.datasets import write_dataset
+
+    folder = Path(folder)
+    write_dataset(folder / "train.jsonl", "chat", n=n_train, seed=0)
+    write_dataset(folder / "heldout.jsonl", "chat", n=n_heldout, seed=1)
+    model_dir = folder / "tiny-model"
+    tiny_config(family, **model_config).save_pretrained(model_dir)
+    tiny_generation_config().save_pretrained(model_dir)
+    save_tokenizer_files(model_dir)
+    return folder
