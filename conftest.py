@@ -1,6 +1,7 @@
 """Suite-wide settings: nothing in the tests may touch the network."""
 
 import os
+import sys
 import tempfile
 
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -9,3 +10,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Tokenized-data caches of the whole run go to one throwaway folder, never the user's ~/.cache.
 os.environ.setdefault("ARCTIC_CACHE_DIR", tempfile.mkdtemp(prefix="arctic-test-cache-"))
+
+# The test-only plugin `arctic-demo` (a method and a feature) exists only inside the tests: its
+# source folder, which holds its module and its entry points (a .dist-info), goes on the path
+# of this process and of every `arctic` process a test starts.
+_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "fixtures", "arctic-demo", "src")
+sys.path.insert(0, _DEMO)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_DEMO, os.environ.get("PYTHONPATH")) if p)

@@ -236,13 +236,37 @@ def install(wheel: Wheel, core: Path, work: Path) -> list[str]:
     listed = run([arctic, "plugins"], cwd=empty, env=env)
     if listed.returncode != 0:
         return [f"`arctic plugins` failed:\n{listed.stdout}{listed.stderr[-3000:]}"]
-    problems = check_listing(wheel, listed.stdout)
+    problems = check_listing(wheel, listed.stdout) + check_missing_packages(wheel, arctic, empty, env)
     for module in sorted(wheel.top_level):
         if f"{module}/recipes/quickstart.toml" in wheel.files:
             started = time.monotonic()
             problems += train_quickstart(str(venv / "bin" / "python"), arctic, module, empty, env)
             print(f"{wheel.name}: quickstart trained in {time.monotonic() - started:.0f}s", flush=True)
     return problems
+
+
+def check_missing_packages(wheel: Wheel, arctic: str, cwd: Path, env: dict[str, str]) -> list[str]:
+    """Without the package that provides a method or feature, a recipe using it names that package."""
+    recipe = cwd / "needs-others.toml"
+    if wheel.name == "arctic-core":  # no method installed: a recipe of type sft names arctic-sft
+        recipe.write_text('type = "sft"\n[model]\nname_or_path = "org/model"\n')
+        wanted = "pip install arctic-sft"
+    elif wheel.name != "arctic-alst" and entry_points(wheel).get("arctic.methods"):
+        method = entry_points(wheel)["arctic.methods"][0]
+        recipe.write_text(
+            f'type = "{method}"\nsequence_parallel_size = 2\n[model]\nname_or_path = "org/model"\n'
+        )
+        wanted = "pip install arctic-alst"
+    else:
+        return []
+    checked = run([arctic, "config", "check", str(recipe)], cwd=cwd, env=env)
+    recipe.unlink()
+    if checked.returncode != 2 or wanted not in checked.stderr:
+        return [
+            f"`arctic config check` of a recipe that needs another package should say {wanted!r} "
+            f"(exit {checked.returncode}):\n{checked.stderr[-2000:]}"
+        ]
+    return []
 
 
 def entry_points(wheel: Wheel) -> dict[str, list[str]]:
@@ -285,11 +309,11 @@ def train_quickstart(python: str, arctic: str, module: str, cwd: Path, env: dict
     if "site-packages" not in recipe.parts:
         return [f"{recipe} is not inside the installed package"]
     output = cwd / "run"
-    trained = run(
+    trained = run(  # by name, as a user of the installed package runs it
         [
             arctic,
             "train",
-            str(recipe),
+            "quickstart",
             "--set",
             "train_iters=2",
             "--set",

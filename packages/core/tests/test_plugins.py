@@ -26,7 +26,10 @@ def install_fake(
 
 
 def arctic(site: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
     return subprocess.run(
         [sys.executable, "-m", "arctic_core", *args], capture_output=True, text=True, env=env, timeout=60
     )

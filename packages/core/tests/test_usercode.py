@@ -55,7 +55,18 @@ def test_train_py_in_working_directory_is_the_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("type: cwd_trainer\nmodel:\n  name_or_path: m\n")
-    assert load_recipe(recipe).trainer_class().__name__ == "CwdTrainer"
+    loaded = load_recipe(recipe)
+    assert loaded.trainer_class().__name__ == "CwdTrainer"
+    assert any("imported" in note and "train.py" in note for note in loaded.notes)  # and says so
+
+
+def test_an_unasked_for_train_py_is_not_run_for_an_installed_method(tmp_path, monkeypatch):
+    (tmp_path / "train.py").write_text("raise SystemExit('train.py must not run')\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("type: demo\nmodel:\n  name_or_path: m\n")
+    loaded = load_recipe(recipe)  # type demo is an installed method: train.py is not needed, not run
+    assert loaded.config.type == "demo" and not loaded.notes
 
 
 def test_missing_code_file_is_a_recipe_error(tmp_path):

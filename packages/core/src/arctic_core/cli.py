@@ -24,9 +24,36 @@ SET_HELP = "Override a recipe key: --set optimizer.lr=3e-4 (repeatable; value re
 LAUNCHER_OPTIONS = ("num_gpus", "num_nodes", "hostfile", "master_port", "master_addr", "include", "exclude")
 
 
+def _recipe_path(ctx: click.Context, _: Any, value: str) -> str:
+    """A recipe file, or the name of a bundled recipe (`arctic sft train quickstart`)."""
+    from arctic_core.recipe.bundled import find_recipe
+
+    group = ctx.parent.command if ctx.parent is not None else None
+    return find_recipe(value, group.found.name if isinstance(group, MethodGroup) else None)
+
+
 def recipe_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
-    return click.argument("recipe", type=click.Path(dir_okay=False))(func)
+    return click.argument("recipe", type=click.Path(dir_okay=False), callback=_recipe_path)(func)
+
+
+def recipes_command(method: str) -> click.Command:
+    """`arctic <method> recipes`: the recipes the method's package bundles, runnable by name."""
+
+    @click.command(
+        "recipes", help=f"List the recipes bundled with {method} (run one: arctic {method} train NAME)."
+    )
+    def command() -> None:
+        from arctic_core.recipe.bundled import describe, method_recipes
+
+        found = method_recipes(method)
+        if not found:
+            click.echo(f"{method} bundles no recipes.")
+        width = max((len(name) for name in found), default=0)
+        for name, path in found.items():
+            click.echo(f"{name:<{width}}  {describe(path)}\n{'':<{width}}  {path}")
+
+    return command
 
 
 def launcher_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,6 +110,7 @@ class MethodGroup(click.Group):
         self.found = found
         self._loaded = False
         self.add_command(train_command(found.name))
+        self.add_command(recipes_command(found.name))
 
     def _load_verbs(self) -> None:
         if self._loaded:
@@ -156,21 +184,40 @@ def config_group() -> None:
 @config_group.command("show")
 @recipe_arguments
 @click.option("--format", "fmt", type=click.Choice(["yaml", "toml"]), default="yaml", show_default=True)
-def config_show(recipe: str, overrides: tuple[str, ...], fmt: str) -> None:
-    """Print the fully resolved RECIPE, every default included."""
+@click.option(
+    "--docs", is_flag=True, help="Print every key of the recipe's type with its type, default and meaning."
+)
+def config_show(recipe: str, overrides: tuple[str, ...], fmt: str, docs: bool) -> None:
+    """Print the fully resolved RECIPE, every default included (or, with --docs, its key reference)."""
     from arctic_core.recipe import load_recipe
     from arctic_core.recipe.render import render
 
-    click.echo(render(load_recipe(recipe, overrides).config, fmt), nl=False)
+    config = load_recipe(recipe, overrides).config
+    if docs:
+        from arctic_core.recipe.docs import reference
+
+        click.echo(reference(type(config)), nl=False)
+        return
+    click.echo(render(config, fmt), nl=False)
 
 
 @config_group.command("check")
 @recipe_arguments
 def config_check(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE: exit 0 if it is good, 2 naming the bad key if not."""
+    """Check RECIPE as a run would before building anything: exit 0 if good, 2 naming each bad key.
+
+    Besides the keys and values: precision against this machine's hardware, PEFT settings,
+    the [deepspeed] table, checkpoint and source types, and that local input paths exist.
+    Reads no weights and no data rows.
+    """
     from arctic_core.recipe import load_recipe
+    from arctic_core.recipe.checks import preflight
 
     loaded = load_recipe(recipe, overrides)
+    warnings: list[str] = list(loaded.notes)
+    preflight(loaded.config, trainer=loaded.trainer_class(), source=recipe, warn=warnings.append)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{recipe}: ok (type {loaded.config.type!r})")
 
 

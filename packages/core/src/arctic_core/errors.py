@@ -23,6 +23,8 @@ class RecipeError(ArcticError):
         self.path = path
         self.source = source
         self.message = message
+        self.problems: list[tuple[str | None, str]] = [(path, message)]
+        """Every (key path, message) this error stands for (one, or several: `from_problems`)."""
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -34,7 +36,23 @@ class RecipeError(ArcticError):
         return f"{where}{self.message}"
 
     def with_source(self, source: str) -> RecipeError:
-        return RecipeError(self.message, path=self.path, source=source)
+        error = RecipeError(self.message, path=self.path, source=source)
+        error.problems = self.problems
+        return error
+
+    @classmethod
+    def from_problems(
+        cls, problems: list[tuple[str | None, str]], *, source: str | None = None
+    ) -> RecipeError:
+        """One error for several problems (each with its key path), or the single one as it is."""
+        if len(problems) == 1:
+            path, message = problems[0]
+            error = cls(message, path=path, source=source)
+        else:
+            lines = "\n".join(f"  {path or '(recipe)'}: {message}" for path, message in problems)
+            error = cls(f"{len(problems)} problems:\n{lines}", source=source)
+        error.problems = list(problems)
+        return error
 
 
 class FieldError(ValueError):

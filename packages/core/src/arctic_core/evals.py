@@ -23,7 +23,8 @@ from arctic_core.errors import RecipeError
 
 def read_references(config: GenerationEvalConfig) -> list[tuple[list[dict[str, str]], str]]:
     """(prompt messages, reference answer) pairs from the eval file."""
-    assert config.path is not None
+    if config.path is None:
+        raise RecipeError("no file set", path="generation_eval.path")
     path = Path(config.path)
     if not path.is_file():
         raise RecipeError(f"file {config.path!r} does not exist", path="generation_eval.path")
@@ -32,10 +33,11 @@ def read_references(config: GenerationEvalConfig) -> list[tuple[list[dict[str, s
         if not line.strip():
             continue
         try:
-            messages = json.loads(line)["messages"]
-            *prompt, answer = messages
-            assert answer["role"] == "assistant" and prompt
-        except Exception:
+            *prompt, answer = json.loads(line)["messages"]
+            valid = bool(prompt) and answer["role"] == "assistant" and isinstance(answer["content"], str)
+        except (ValueError, KeyError, TypeError):  # not JSON, no `messages`, not a list of messages
+            valid = False
+        if not valid:
             raise RecipeError(
                 f"{config.path}:{number}: expected a JSON object whose `messages` end with an assistant answer",
                 path="generation_eval.path",

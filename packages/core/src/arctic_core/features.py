@@ -229,38 +229,36 @@ def _is_neutral(value: Any, neutral: Any) -> bool:
     return type(value) is type(neutral) and bool(value == neutral)  # `true` is not 1
 
 
-def refuse_missing_features(raw: dict[str, Any], config_class: type, source: str | None = None) -> None:
+def missing_feature_problems(raw: dict[str, Any], config_class: type) -> list[tuple[str | None, str]]:
     """Check a recipe's top-level keys against the features that `config_class` has.
 
-    A key of one of Arctic's features that is not installed is dropped when its value is the
-    neutral one, and refused (naming the package) otherwise; an unknown key while a feature
-    plugin is broken is refused naming that plugin.
+    A key of one of Arctic's features that is not installed is dropped from `raw`: silently
+    when its value is the neutral one, and as a problem naming the package otherwise (so the
+    rest of the recipe is still checked). An unknown key while a feature plugin is broken is a
+    problem naming that plugin.
     """
+    problems: list[tuple[str | None, str]] = []
     fields = attrs.fields_dict(config_class)
     for key, known in KNOWN_FEATURE_KEYS.items():
         if key not in raw or key in fields:
             continue
-        if _is_neutral(raw[key], known.neutral):
-            del raw[key]
+        value = raw.pop(key)
+        if _is_neutral(value, known.neutral):
             continue
         broken = [f for f in installed() if f.broken and f.package == known.package]
         if broken:
             raise ArcticError(f"{key} comes from {known.package}, whose feature is broken: {broken[0].error}")
-        raise RecipeError(
-            f"needs the {known.package} package, which is not installed: pip install {known.package}",
-            path=key,
-            source=source,
+        problems.append(
+            (key, f"needs the {known.package} package, which is not installed: pip install {known.package}")
         )
     broken = [f for f in installed() if f.broken]
     aliases = getattr(config_class, "__recipe_aliases__", {})
-    for key in raw:
+    for key in list(raw):
         if broken and key not in fields and key not in aliases and not difflib.get_close_matches(key, fields):
             listed = "; ".join(f"{f.name!r} ({f.package} {f.version}): {f.error}" for f in broken)
-            raise RecipeError(
-                f"unknown key; it may belong to a feature plugin that is broken: {listed}",
-                path=key,
-                source=source,
-            )
+            problems.append((key, f"unknown key; it may belong to a feature plugin that is broken: {listed}"))
+            del raw[key]
+    return problems
 
 
 # --- hooks ------------------------------------------------------------------------------------------

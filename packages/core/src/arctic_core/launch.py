@@ -44,6 +44,7 @@ def run_in_process(recipe: Recipe, local_rank: int | None = None) -> None:
     """Build the recipe's trainer here and train (a rank of a launched job, or a one-rank run)."""
     trainer_class = recipe.trainer_class()
     trainer = trainer_class(recipe.config, local_rank=local_rank)
+    trainer.recipe_notes = recipe.notes
     trainer.train()
 
 
@@ -80,15 +81,28 @@ def train(
     if single_process(launcher_args):
         run_in_process(loaded, local_rank)
         return
-    from arctic_core.engine.deepspeed_config import check_precision
-    from arctic_core.engine.distributed import has_cuda
+    from arctic_core.recipe.checks import preflight
 
-    check_precision(loaded.config, cuda=has_cuda())
+    # Refuse a recipe that cannot train before starting ranks (they check again, and log the warnings).
+    preflight(loaded.config, trainer=loaded.trainer_class(), source=recipe, warn=lambda _: None)
     _thread_defaults(launcher_args)
+    _quiet_single_node_warning(launcher_args)
     from deepspeed.launcher import runner
 
     _forward_stop_signals()
     runner.main(relaunch_command(recipe, overrides, launcher_args, method))
+
+
+def _quiet_single_node_warning(launcher_args: list[str]) -> None:
+    """Drop DeepSpeed's "Unable to find hostfile" warning when no hostfile was asked for (one node).
+
+    The per-node launcher DeepSpeed starts still prints its own INFO lines (docs/training.md).
+    """
+    if _option(launcher_args, "hostfile") is not None:
+        return
+    from deepspeed.utils import logger
+
+    logger.addFilter(lambda record: "Unable to find hostfile" not in record.getMessage())
 
 
 def _forward_stop_signals() -> None:

@@ -85,7 +85,9 @@ def test_fp16_on_cpu_exits_2_before_any_model_loads(tmp_path, capsys):
         main(["train", str(recipe)])
     assert caught.value.code == 2
     err = capsys.readouterr().err
-    assert "model.dtype" in err and "fp16" in err and "nonexistent" not in err
+    # both problems, found before any model loads (a load would fail on the path alone)
+    assert "2 problems" in err and "model.dtype: fp16 needs a CUDA GPU" in err
+    assert "model.name_or_path: /nonexistent/model does not exist" in err
 
 
 def _factors(total: int, **kwargs: Any) -> list[float]:
@@ -94,11 +96,12 @@ def _factors(total: int, **kwargs: Any) -> list[float]:
 
 
 def test_schedules_peak_at_the_last_warmup_step():
-    for name in ("linear", "cosine", "constant", "wsd"):
+    for name in ("linear", "cosine", "constant_with_warmup", "wsd"):
         f = _factors(10, name=name, num_warmup_steps=3)
         assert f[:3] == pytest.approx([1 / 3, 2 / 3, 1.0]) and max(f) == 1.0, name
     assert _factors(10, name="linear", num_warmup_steps=0) == pytest.approx([1 - k / 10 for k in range(10)])
-    assert _factors(10, name="constant", warmup_ratio=0.2)[2:] == [1.0] * 8
+    assert _factors(10, name="constant_with_warmup", warmup_ratio=0.2)[2:] == [1.0] * 8
+    assert _factors(10, name="constant", warmup_ratio=0.2) == [1.0] * 10  # transformers': no warmup
     wsd = _factors(10, name="wsd", num_warmup_steps=2, num_decay_steps=3, min_lr_ratio=0.1)
     assert wsd[:7] == pytest.approx([0.5, 1, 1, 1, 1, 1, 1]) and wsd[7] > wsd[8] > wsd[9] > 0.1
     cosine = _factors(10, name="cosine", warmup_ratio=0.1)

@@ -14,6 +14,8 @@ end-of-training save to `<output_dir>` itself; `output_dir` defaults to
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,6 +88,20 @@ def _recover(target: Path, temp: Path, old: Path) -> None:
         _move_periodic(temp, target)
 
 
+def apply_umask(folder: Path) -> None:
+    """Give `folder` and what it holds the modes the user's umask gives new files and folders.
+
+    Some writers create files private (safetensors writes through a 0600 temporary file);
+    a checkpoint should be as readable as any other file the user makes.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Rank 0 writes into a temporary folder that replaces `target` once the block completes.
@@ -104,6 +120,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     yield temp
     distributed.barrier()
     if distributed.rank() == 0:
+        apply_umask(temp)
         if not target.exists():
             temp.rename(target)
         elif _exchange(temp, target):  # `target` is the new checkpoint, `temp` the old one
@@ -180,9 +197,16 @@ def end_of_turn_token_id(tokenizer: Any) -> int | None:
         return None
     probe = "ARCTICPROBEANSWER"
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+    from jinja2 import TemplateError
+
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception:  # a template that rejects this conversation has no end-of-turn token we can find
+    except TemplateError as exc:  # e.g. the template's own raise_exception(): no turn to read the token from
+        logging.getLogger("arctic").warning(
+            "the chat template rejects a user/assistant conversation (%s); the exported "
+            "generation_config stops at the EOS token only, not at an end-of-turn token",
+            exc,
+        )
         return None
     if probe not in text:
         return None

@@ -12,8 +12,8 @@ Computed defaults (the recipe's `[deepspeed]` table wins wherever it sets a key)
 - `zero_allow_untested_optimizer` = true (Arctic's default optimizer is torch's AdamW)
 
 Settings that contradict the recipe are a `RecipeError` naming both keys (also: optimizer
-offload to the CPU without `optimizer.type = "cpu_adam"`); so is fp16 on a machine without
-CUDA, which is checked before any model loads.
+offload to the CPU without `optimizer.type = "cpu_adam"`). `arctic_core.recipe.checks` runs
+these checks, with the others that need no weights, before anything is built.
 """
 
 from __future__ import annotations
@@ -26,12 +26,6 @@ from arctic_core.errors import RecipeError
 
 DEFAULT_ZERO_STAGE = 2
 DEFAULT_GRADIENT_CLIPPING = 1.0
-
-
-def check_precision(config: TrainerConfig, *, cuda: bool) -> None:
-    """fp16 needs a GPU: refuse it on CPU before anything is built."""
-    if config.model.dtype == "fp16" and not cuda:
-        raise RecipeError("fp16 needs a CUDA GPU; use bf16 or fp32 on CPU", path="model.dtype")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,14 @@
 
 - Log files: `<run folder>/logs/rank_<N>.log` for every rank; only ranks listed in
   `logger.print_output_ranks` also log to the console.
-- Progress bar (rank 0, tqdm): optimizer steps, loss, tokens/s and the time left.
+- Progress bar (rank 0, tqdm, on a terminal): optimizer steps, loss, tokens/s and the time
+  left. When the console is not a terminal (a log file, CI), a log line every 5% of the run
+  instead, and no progress bars from datasets, transformers or the hub either.
 - Metrics: rank 0 appends one JSON object per optimizer step to `config.metrics_path`; a step
-  that evaluated also carries `eval_loss` and `eval_perplexity`. A fresh run empties the file; a
-  resumed run keeps the lines up to the checkpoint's step and appends after them.
+  that evaluated also carries `eval_loss` and `eval_perplexity`. A resumed run keeps the lines
+  up to the checkpoint's step and appends after them. A fresh run into a folder that holds an
+  earlier run first moves that run's outputs to `previous/<time>/` (`keep_previous_run`), so
+  no run's results are lost.
 - Trackers: Weights & Biases (`[wandb] enable = true`) and TensorBoard (`logger.tensorboard`),
   imported only when enabled; a missing package is an `ArcticError` naming it.
 """
@@ -40,8 +44,29 @@ class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
+def on_terminal() -> bool:
+    """Whether the console is a terminal (progress bars redraw one line) rather than a log file."""
+    return sys.stderr.isatty()
+
+
+def quiet_progress_bars() -> None:
+    """No progress bars from datasets, transformers and the hub when the console is a log file.
+
+    Their `\r`-redrawn lines and escape codes are noise in a file; Arctic logs the progress itself.
+    """
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def setup_logging(config: TrainerConfig, rank: int) -> logging.Logger:
-    """Per-rank file logs, and console logs on the ranks that print."""
+    """Per-rank file logs, and console logs on the ranks that print (no progress bars in log files)."""
+    if not on_terminal():
+        quiet_progress_bars()
     folder = Path(config.run_dir) / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     log.setLevel(config.logger.level)
@@ -53,7 +78,7 @@ def setup_logging(config: TrainerConfig, rank: int) -> logging.Logger:
     file_handler = logging.FileHandler(folder / f"rank_{rank}.log")
     file_handler.setFormatter(fmt)
     log.addHandler(file_handler)
-    if rank in config.logger.print_output_ranks:
+    if config.logger.prints(rank):
         console = _ConsoleHandler(sys.stderr)
         console.setFormatter(fmt)
         log.addHandler(console)
@@ -92,6 +117,37 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     temp.replace(path)
 
 
+RUN_OUTPUTS = ("recipe.yaml", "generation_eval.jsonl", "logs")
+"""What a run writes into its folder besides the metrics file and checkpoints."""
+
+
+def keep_previous_run(config: TrainerConfig) -> Path | None:
+    """Move an earlier run's recipe, metrics, scores and logs to `<run folder>/previous/<time>/`.
+
+    Returns that folder, or None when the run folder holds no earlier run. Checkpoints stay
+    where they are (a fresh run replaces an export only when it writes its own).
+    """
+    import time
+
+    run_dir = Path(config.run_dir)
+    found = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    metrics = Path(config.metrics_path)
+    if metrics.is_file():
+        found.append(metrics)
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in found)))
+    target = run_dir / "previous" / stamp
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = run_dir / "previous" / f"{stamp}-{suffix}"
+    target.mkdir(parents=True)
+    for path in found:
+        path.rename(target / path.name)
+    return target
+
+
 class MetricsWriter:
     """Rank 0's per-step outputs: the JSONL file, the progress bar and optional trackers."""
 
@@ -109,7 +165,9 @@ class MetricsWriter:
             self.path.write_text("")
         else:
             truncate_metrics(self.path, resume_step)
-        if config.logger.progress_bar:
+        self.total_steps = total_steps
+        self.every = max(1, total_steps // 20)  # without a bar: a log line every 5% of the run
+        if config.logger.progress_bar and on_terminal():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(
@@ -138,6 +196,14 @@ class MetricsWriter:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        elif record["step"] % self.every == 0 or record["step"] == self.total_steps:
+            log.info(
+                "step %d/%d: loss %.4f, %.0f tokens/s",
+                record["step"],
+                self.total_steps,
+                record["loss"],
+                record.get("tokens_per_s", 0.0),
+            )
         if self.wandb is not None:
             self.wandb.log(numbers, step=record["step"])
         if self.tensorboard is not None:

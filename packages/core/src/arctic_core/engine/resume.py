@@ -43,7 +43,6 @@ import torch
 from arctic_core.config import CheckpointConfig, TrainerConfig
 from arctic_core.engine import distributed
 from arctic_core.engine.checkpoint import RECIPE_FILE, CheckpointEngine, register_checkpoint
-from arctic_core.engine.faults import fault_point
 from arctic_core.errors import ArcticError, RecipeError
 
 if TYPE_CHECKING:
@@ -57,6 +56,8 @@ ORDER_KEYS = ("micro_batch_size", "gradient_accumulation_steps", "seed", "data")
 """Keys whose change alters which samples each step sees (data.* but the settings in `DATA_FREE`)."""
 DATA_FREE = ("num_proc", "dl_num_workers", "cache_dir")
 """[data] keys that change how fast data is prepared or loaded, not what it is."""
+IDENTITY_KEYS = ("type", "model.name_or_path")
+"""Keys whose change makes the checkpoint another run's (another method or model)."""
 OPTIMIZER_KEYS = (
     "optimizer.type",
     "model.peft_config",
@@ -133,7 +134,8 @@ def find_resume_point(config: TrainerConfig, world_size: int) -> ResumePoint | N
         if changed:
             raise RecipeError(
                 f"the newest checkpoint ({point.folder}) was written by a recipe with other {', '.join(changed)}; "
-                "these decide the data order or the optimizer state, so resuming would not continue that run. "
+                "these decide the method, the model, the data order or the optimizer state, so resuming would "
+                "not continue that run. "
                 f"Restore them, start a fresh run folder, or set checkpoint[{index}].allow_recipe_changes = true",
                 path=f"checkpoint[{index}].auto_resume",
             )
@@ -153,7 +155,8 @@ def _watched(key: str) -> bool:
     top = key.split(".", 1)[0].split("[", 1)[0]
     if top == "data":
         return key.split(".")[1].split("[", 1)[0] not in DATA_FREE
-    return top in ORDER_KEYS or any(key == k or key.startswith(k + ".") for k in OPTIMIZER_KEYS)
+    watched = OPTIMIZER_KEYS + IDENTITY_KEYS
+    return top in ORDER_KEYS or any(key == k or key.startswith(k + ".") for k in watched)
 
 
 def changed_keys(saved_recipe: Path, config: TrainerConfig) -> list[str]:
@@ -172,11 +175,20 @@ def changed_keys(saved_recipe: Path, config: TrainerConfig) -> list[str]:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's random generators as tensors and plain values (loadable with weights_only=True)."""
     import numpy as np
 
+    version, keys, gauss = random.getstate()
+    kind, mt, position, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "state": torch.from_numpy(np.asarray(mt, dtype=np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -187,11 +199,24 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    mt = numpy["state"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["kind"], mt, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_rng_state(path: Path) -> dict[str, Any]:
+    """A saved RNG state, read without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, weights_only=True)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise ArcticError(
+            f"cannot read the RNG state {path} ({type(exc).__name__}); it was written by an older Arctic "
+            "or is damaged: resume from another checkpoint or start a fresh run"
+        ) from None
 
 
 def restore(trainer: Trainer, point: ResumePoint) -> None:
@@ -201,7 +226,7 @@ def restore(trainer: Trainer, point: ResumePoint) -> None:
     )
     if path is None:
         raise ArcticError(f"DeepSpeed could not load the checkpoint in {point.folder}")
-    set_rng_state(torch.load(point.folder / "rng" / f"rank_{trainer.rank}.pt", weights_only=False))
+    set_rng_state(load_rng_state(point.folder / "rng" / f"rank_{trainer.rank}.pt"))
     loader = trainer.train_loader
     loader.load_state_dict(loader_state(trainer, point))
     trainer.global_step = point.global_step
@@ -257,7 +282,6 @@ class DeepSpeedCheckpoint(CheckpointEngine):
 
         trainer = self.trainer
         trainer.engine.save_checkpoint(str(folder), tag=ENGINE_TAG, save_latest=True)
-        fault_point("checkpoint-write", trainer.global_step)
         (folder / "rng").mkdir(exist_ok=True)
         torch.save(rng_state(), folder / "rng" / f"rank_{trainer.rank}.pt")
         (folder / "loader").mkdir(exist_ok=True)

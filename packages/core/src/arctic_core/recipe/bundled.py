@@ -23,3 +23,78 @@ def bundled_recipes(package: str | ModuleType) -> Path:
         if folder.is_dir():
             return folder
     raise ArcticError(f"{name} ships no recipes (looked in {root / 'recipes'})")
+
+
+RECIPE_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
+def _package_of(method: str) -> str | None:
+    from arctic_core import plugins
+
+    found = plugins.get(method)
+    if found is None or found.method is None:
+        return None
+    return found.method.trainer.partition(":")[0].split(".")[0]
+
+
+def _recipe_type(path: Path) -> str | None:
+    """The recipe's `type`, read without building anything (None when unreadable or unset)."""
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        else:
+            import yaml
+
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # a broken bundled recipe is listed; loading it reports the problem
+        return None
+    value = data.get("type") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def method_recipes(method: str) -> dict[str, Path]:
+    """The bundled recipes of `method` by name (file stem): its package's recipes of that type."""
+    package = _package_of(method)
+    if package is None:
+        return {}
+    try:
+        folder = bundled_recipes(package)
+    except (ArcticError, ModuleNotFoundError):
+        return {}
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix in RECIPE_SUFFIXES and _recipe_type(path) in (method, None):
+            found[path.stem] = path
+    return found
+
+
+def describe(path: Path) -> str:
+    """A recipe's first comment line (its one-line description), or ''."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def find_recipe(value: str, method: str | None = None) -> str:
+    """`value` when it is a file, else the bundled recipe of that name (of `method`, or of any method)."""
+    from arctic_core import plugins
+    from arctic_core.errors import RecipeError
+
+    if Path(value).exists() or "/" in value or Path(value).suffix in RECIPE_SUFFIXES:
+        return value
+    methods = [method] if method else plugins.method_names()
+    matches = [(m, recipes[value]) for m in methods if value in (recipes := method_recipes(m))]
+    if len(matches) == 1:
+        return str(matches[0][1])
+    if len(matches) > 1:
+        options = ", ".join(f"`arctic {m} train {value}`" for m, _ in matches)
+        raise RecipeError(f"several methods bundle a recipe named {value!r}: use {options}", source=value)
+    names = sorted({name for m in methods for name in method_recipes(m)})
+    listed = f"; bundled recipes: {', '.join(names)}" if names else ""
+    where = f"`arctic {method} recipes`" if method else "`arctic <method> recipes`"
+    raise RecipeError(f"no recipe file or bundled recipe of that name{listed} (see {where})", source=value)

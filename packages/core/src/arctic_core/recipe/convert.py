@@ -8,6 +8,7 @@ key path (`data.sources[1].split`) with a did-you-mean for unknown keys.
 from __future__ import annotations
 
 import difflib
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-from arctic_core.config import SourceConfig
+from arctic_core.config import Ranks, SourceConfig
 from arctic_core.errors import FieldError, RecipeError
 from arctic_core.recipe.human import to_float, to_int
 
@@ -65,6 +66,15 @@ def _table_hook_factory(converter: cattrs.Converter):
     return factory
 
 
+def _ranks(value: Any, _: Any) -> list[int] | str:
+    """`logger.print_output_ranks`: a list of ranks, or "*" (ArcticTraining's "every rank")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    raise ValueError(f"expected a list of ranks or '*', got {value!r}")
+
+
 def _source_hook(converter: cattrs.Converter):
     table = _table_hook_factory(converter)(SourceConfig)
 
@@ -84,6 +94,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(SourceConfig, _source_hook(converter))
+    converter.register_structure_hook_func(lambda t: t == Ranks, _ranks)
     converter.register_structure_hook_factory(attrs.has, _table_hook_factory(converter))
     converter.register_unstructure_hook(tuple, list)
     return converter
@@ -100,11 +111,66 @@ def structure(data: Mapping[str, Any], cls: type, source: str | None = None) -> 
         problems = list(_flatten(exc, ""))
         if not problems:
             raise
-        if len(problems) == 1:
-            path, message = problems[0]
-            raise RecipeError(message, path=path or None, source=source) from None
-        lines = "\n".join(f"  {p or '(recipe)'}: {m}" for p, m in problems)
-        raise RecipeError(f"{len(problems)} problems:\n{lines}", source=source) from None
+        found = [(path or None, _elsewhere(cls, path, message)) for path, message in problems]
+        raise RecipeError.from_problems(found, source=source) from None
+
+
+def _table_class(hint: Any) -> type | None:
+    """The attrs class a field holds: itself, in a list, or optional."""
+    if isinstance(hint, type) and attrs.has(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        found = _table_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def key_paths(cls: type, prefix: str = "") -> dict[str, str]:
+    """Every key path of a recipe class (lists as `name[]`), aliases included, mapped to its path."""
+    found: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for field in attrs.fields(cls):
+        path = prefix + field.name
+        found[path] = path
+        inner = _table_class(hints[field.name])
+        if inner is not None:
+            many = typing.get_origin(hints[field.name]) is list
+            found.update(key_paths(inner, path + ("[]." if many else ".")))
+    for alias, name in getattr(cls, "__recipe_aliases__", {}).items():
+        found[prefix + alias] = prefix + name
+    return found
+
+
+_DEEPSPEED_KEYS = {
+    "zero_stage": "deepspeed.zero_optimization.stage",
+    "zero_optimization": "deepspeed.zero_optimization",
+    "gradient_clipping": "deepspeed.gradient_clipping",
+    "train_batch_size": "micro_batch_size and gradient_accumulation_steps",
+    "train_micro_batch_size_per_gpu": "micro_batch_size",
+    "bf16": "model.dtype",
+    "fp16": "model.dtype",
+}
+
+
+def _elsewhere(cls: type, path: str, message: str) -> str:
+    """For an unknown key with no near match in its own table, the tables where it (or a near name) is."""
+    if not message.startswith("unknown key; known keys"):
+        return message
+    leaf = path.rsplit(".", 1)[-1].split("[", 1)[0]
+    paths = key_paths(cls)
+    leaves: dict[str, list[str]] = {}
+    for full in paths:
+        leaves.setdefault(full.rsplit(".", 1)[-1], []).append(full)
+    if leaf in _DEEPSPEED_KEYS and "." not in path:
+        return f"unknown key here; did you mean {_DEEPSPEED_KEYS[leaf]}?"
+    names = leaves.get(leaf) or [
+        p for near in difflib.get_close_matches(leaf, list(leaves), n=2, cutoff=0.75) for p in leaves[near]
+    ]
+    if not names:
+        return message
+    shown = [p if paths[p] == p else f"{p} (alias of {paths[p]})" for p in names[:3]]
+    return f"unknown key here; did you mean {' or '.join(shown)}?"
 
 
 def unstructure(config: Any) -> dict[str, Any]:
