@@ -29,7 +29,7 @@ def test_defaults_follow_arctictraining():
     assert config.scheduler.warmup_ratio == 0.1
     assert config.seed == 42
     assert config.model.dtype == "bf16"
-    assert config.model.disable_activation_checkpoint is False
+    assert config.model.disable_activation_checkpoint is None  # auto
 
 
 def test_unknown_key_suggests_the_right_one():

@@ -78,6 +78,7 @@ def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
 DTYPE_ALIASES = {
     "bf16": "bf16",
     "bfloat16": "bf16",
+    "bfloat": "bf16",
     "torch.bfloat16": "bf16",
     "fp32": "fp32",
     "float32": "fp32",
@@ -108,7 +109,11 @@ def _canonical(instance: Any, name: str, value: Any) -> None:
 class ModelConfig:
     """[model]: which network to train and how to build it."""
 
-    type: str = setting("huggingface", doc="Model factory: 'huggingface' (or one a method registers).")
+    type: str = setting(
+        "huggingface",
+        doc="Model factory: huggingface, or liger (Liger kernels on GPUs; needs the arctic-core[liger] extra).",
+        check=one_of("huggingface", "liger"),
+    )
     name_or_path: str = setting(doc="Hub id or local folder of a pretrained model.")
     dtype: str = setting("bf16", doc="Training precision: bf16, fp32, or fp16 (GPUs only).", check=_dtype)
     attn_implementation: str = setting(
@@ -116,7 +121,10 @@ class ModelConfig:
         doc="Attention backend: sdpa, eager, flash_attention_2, flash_attention_3 or flex_attention.",
         check=one_of("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
     )
-    disable_activation_checkpoint: bool = setting(False, doc="Turn activation checkpointing off.")
+    disable_activation_checkpoint: bool | None = setting(
+        None,
+        doc="true: activation checkpointing off; false: on; unset: auto (on when activations would not fit).",
+    )
     hf_config_kwargs: dict[str, Any] = setting(
         factory=dict, doc="Overrides for the model's config; a changed shape means random init."
     )
@@ -173,6 +181,9 @@ class SourceConfig:
     sample_seed: int = setting(42, doc="Seed for sample_count / sample_ratio.")
     process: bool = setting(True, doc="Tokenize this source; false for rows that hold input_ids already.")
     kwargs: dict[str, Any] = setting(factory=dict, doc="Extra keyword arguments for datasets.load_dataset.")
+    split_mapping: dict[str, str] = setting(
+        factory=dict, doc="Maps generic split names to this dataset's: {train = 'train_sft'}."
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.sample_count is not None and self.sample_ratio is not None:
@@ -249,14 +260,17 @@ class OptimizerConfig:
             raise FieldError("betas", f"each beta must be in [0, 1), got {list(self.betas)}")
 
 
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "wsd")
+
+
 @attrs.frozen(kw_only=True)
 class SchedulerConfig:
     """[scheduler]: learning-rate schedule over optimizer steps."""
 
     name: str = setting(
         "linear",
-        doc="linear, cosine, constant, or wsd (warmup-stable-decay).",
-        check=one_of("linear", "cosine", "constant", "wsd"),
+        doc="linear, cosine, constant (no warmup), constant_with_warmup, or wsd (warmup-stable-decay).",
+        check=one_of(*SCHEDULES),
     )
     warmup_ratio: float = setting(0.1, doc="Fraction of all steps spent warming up.", check=between(0.0, 1.0))
     num_warmup_steps: int | None = setting(
@@ -296,15 +310,30 @@ class CheckpointConfig:
             )
 
 
+Ranks = list[int] | str
+"""A list of ranks, or "*" for every rank."""
+
+
+def _ranks(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, str) and value != "*":
+        raise FieldError(attribute.name, f"must be a list of ranks or '*', got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class LoggerConfig:
     """[logger]: run folder, log level, optional trackers."""
 
     output_dir: str | None = setting(None, doc="Run folder; default runs/<recipe file stem>.")
     level: str = setting("INFO", doc="Log level.", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
-    print_output_ranks: list[int] = setting(factory=lambda: [0], doc="Ranks that print to the console.")
+    print_output_ranks: Ranks = setting(
+        factory=lambda: [0], doc="Ranks that print to the console: a list, or '*' for all.", check=_ranks
+    )
     tensorboard: bool = setting(False, doc="Also write TensorBoard event files (needs tensorboard).")
     progress_bar: bool = setting(True, doc="Show a progress bar on rank 0.")
+
+    def prints(self, rank: int) -> bool:
+        """Whether `rank` logs to the console."""
+        return self.print_output_ranks == "*" or rank in self.print_output_ranks
 
 
 @attrs.frozen(kw_only=True)
@@ -312,7 +341,7 @@ class WandbConfig:
     """[wandb]: Weights & Biases tracking, off by default."""
 
     enable: bool = setting(False, doc="Log to Weights & Biases (needs wandb).")
-    project: str = setting("arctic", doc="Project name.")
+    project: str | None = setting("arctic", doc="Project name; null: wandb's default.")
     entity: str | None = setting(None, doc="Team or user.")
     name: str | None = setting(None, doc="Run name; default the run folder's name.")
 
@@ -337,7 +366,9 @@ class TrainerConfig:
 
     type: str = setting("sft", doc="Method or registered trainer name.")
     code: str | None = setting(
-        None, doc="Python file defining custom trainers; default ./train.py if present."
+        None,
+        doc="Python file defining custom trainers, beside the recipe or in the working directory; "
+        "default train.py there if present.",
     )
     micro_batch_size: int = setting(
         1, doc="Samples (or packed rows) per rank per micro-step.", check=at_least(1)
@@ -348,6 +379,16 @@ class TrainerConfig:
         0, doc="Optimizer steps to run; 0: as many as `epochs` gives.", check=at_least(0)
     )
     exit_iteration: int = setting(0, doc="Stop after this optimizer step (0: never).", check=at_least(0))
+    exit_iteration_this_run: int = setting(
+        0,
+        doc="Stop after this many optimizer steps of this run, resumed or not (0: never).",
+        check=at_least(0),
+    )
+    min_iterations: int = setting(
+        0,
+        doc="Repeat the training data (whole epochs) until it gives at least this many optimizer steps.",
+        check=at_least(0),
+    )
     seed: int = setting(42, doc="Seed for model init, dropout and data order.")
     eval_interval: int = setting(0, doc="Evaluate every N optimizer steps (0: never).", check=at_least(0))
     train_log_metrics_path: str | None = setting(

@@ -14,6 +14,7 @@ second group, `arctic.features` (`arctic_core.features`).
 from __future__ import annotations
 
 import importlib
+import os
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -25,6 +26,19 @@ from packaging.version import Version
 from arctic_core import __version__ as CORE_VERSION
 
 GROUP = "arctic.methods"
+
+ARCTIC_METHODS: dict[str, str] = {
+    "sft": "arctic-sft",
+    "dpo": "arctic-sft",
+    "causal": "arctic-sft",
+    "swiftkv": "arctic-swiftkv",
+    "embed": "arctic-embed",
+    "biencoder": "arctic-embed",
+    "speculator": "arctic-speculator",
+    "arctic-lstm-speculator": "arctic-speculator",
+    "spec-decode": "arctic-speculator",
+}
+"""Recipe types (Arctic's and ArcticTraining's names) that an Arctic method package provides."""
 
 
 @attrs.frozen(kw_only=True)
@@ -103,14 +117,25 @@ def load_entry(entry: metadata.EntryPoint, kind: type[Any], package: str) -> tup
 Entries = dict[str, list[tuple[metadata.EntryPoint, str, str]]]
 
 
+IGNORE_ENV = "ARCTIC_IGNORE_PLUGINS"
+"""Comma-separated distribution names whose plugins core does not load (as if not installed)."""
+
+
 def entries(group: str) -> Entries:
-    """The entry points of `group` by name, each with its distribution's name and version."""
+    """The entry points of `group` by name, each with its distribution's name and version.
+
+    Distributions named in `$ARCTIC_IGNORE_PLUGINS` are left out (e.g. to run without a plugin
+    that is installed, or to test what a recipe does without it).
+    """
+    ignored = {name.strip().lower().replace("_", "-") for name in os.environ.get(IGNORE_ENV, "").split(",")}
     found: Entries = {}
     seen: set[tuple[str, str]] = set()
     for entry in metadata.entry_points(group=group):
         dist = entry.dist
         package = dist.name if dist is not None else "?"
         version = dist.version if dist is not None else "?"
+        if package.lower().replace("_", "-") in ignored:
+            continue
         if (entry.name, package) in seen:  # the same distribution seen twice on sys.path
             continue
         seen.add((entry.name, package))

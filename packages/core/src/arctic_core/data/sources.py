@@ -71,9 +71,12 @@ def known_dataset(source: SourceConfig) -> KnownDataset | None:
 
 def loader_of(source: SourceConfig) -> str:
     """Which loader reads `source` (see the module docstring)."""
+    path = Path(source.name_or_path).expanduser()
+    saved = path.is_dir() and any((path / marker).exists() for marker in ("state.json", "dataset_dict.json"))
+    if source.type == "huggingface" and saved:  # as ArcticTraining's: load_from_disk for such a folder
+        return "disk"
     if source.type in LOADERS:
         return source.type  # type: ignore[return-value]
-    path = Path(source.name_or_path).expanduser()
     if path.is_file():
         loader = SUFFIX_LOADERS.get(path.suffix.lower())
         if loader is None:
@@ -81,7 +84,7 @@ def loader_of(source: SourceConfig) -> str:
                 f"cannot tell how to read {path}: use a .jsonl, .json, .parquet or .csv file, or set `type`"
             )
         return loader
-    if path.is_dir() and any((path / marker).exists() for marker in ("state.json", "dataset_dict.json")):
+    if saved:
         return "disk"
     if source.type is not None and known_dataset(source) is None:
         raise RecipeError(
@@ -91,15 +94,21 @@ def loader_of(source: SourceConfig) -> str:
 
 
 def split_of(source: SourceConfig, role: str) -> str:
-    """The split to read, with known-dataset names mapped; `role` is "train" or "eval"."""
+    """The split to read, with the source's `split_mapping` or a known dataset's names applied.
+
+    `role` is "train" or "eval". A name that already is a mapped-to name is kept.
+    """
     known = known_dataset(source)
-    default = "train" if role == "train" or known is None else "test"
+    mapping = source.split_mapping or (known.splits if known else {})
+    default = "train" if role == "train" or not mapping else ("eval" if "eval" in mapping else "test")
     match = _SPLIT.match(source.split or default)
     if match is None:
         raise RecipeError(
             f"bad split {source.split!r}; expected a name with an optional [slice]", path="split"
         )
-    name = known.splits.get(match["name"], match["name"]) if known else match["name"]
+    name = match["name"]
+    if name not in mapping.values():
+        name = mapping.get(name, name)
     return name + (match["slice"] or "")
 
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedules over optimizer steps: linear, cosine, constant, wsd (warmup-stable-decay).
+"""Learning-rate schedules over optimizer steps: linear, cosine, constant, constant_with_warmup, wsd.
 
 Step s (1-based) of an n-step run uses `lr x factor(s)`:
 
@@ -6,7 +6,9 @@ Step s (1-based) of an n-step run uses `lr x factor(s)`:
 - linear / cosine, after the peak step P = max(W, 1): from the peak towards `min_lr_ratio`,
   which it would reach at step n+1 (so the last step still learns); without warmup step 1
   runs at the peak;
-- constant: the peak after warmup;
+- constant: the peak from the first step, with no warmup (as transformers' `constant`, which
+  ArcticTraining recipes name);
+- constant_with_warmup: the peak after warmup;
 - wsd: the peak until the last D decay steps, which fall linearly towards `min_lr_ratio`.
 
 W is `num_warmup_steps`, else `ceil(warmup_ratio x n)`; D is `num_decay_steps`, else
@@ -41,9 +43,11 @@ def lr_factor(config: SchedulerConfig, total: int) -> Callable[[int], float]:
     decay = decay_steps(config, total)
 
     def factor(step: int) -> float:
+        if config.name == "constant":
+            return 1.0
         if step <= warmup:
             return step / warmup
-        if config.name == "constant":
+        if config.name == "constant_with_warmup":
             return 1.0
         if config.name == "wsd":
             start = max(total - decay, warmup)

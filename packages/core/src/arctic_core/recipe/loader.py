@@ -19,10 +19,11 @@ import attrs
 import yaml
 
 from arctic_core import features, plugins, registry
+from arctic_core.compat import arctictraining
 from arctic_core.config import TrainerConfig
 from arctic_core.errors import ArcticError, RecipeError
 from arctic_core.recipe.convert import structure
-from arctic_core.usercode import load_user_code
+from arctic_core.usercode import find_user_code, load_user_code, written_for_arctictraining
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -199,6 +200,7 @@ class Recipe:
     config: TrainerConfig
     trainer_ref: str | type  # a plugin's "module:Class", or a class that user code registered
     path: Path | None
+    notes: tuple[str, ...] = ()  # warnings: keys kept for ArcticTraining but not acted on, ...
 
     def trainer_class(self) -> type:
         if isinstance(self.trainer_ref, str):
@@ -206,11 +208,39 @@ class Recipe:
         return self.trainer_ref
 
 
-def _import_user_code(code: Any, source: str) -> None:
+_PORTING = "docs/arctictraining.md, 'Trainer files'"
+
+
+def _import_user_code(code: Any, type_name: str, folder: Path | None, source: str, notes: list[str]) -> None:
+    """Import the `code:` file; or, when `code` is unset, a `train.py` found beside the recipe or in the
+    working directory only if `type_name` is not an installed method (and say so). An ArcticTraining
+    file is never imported: with an Arctic method's type Arctic's own method is used."""
     if code is not None and not isinstance(code, str):
         raise RecipeError(f"expected a file path, got {code!r}", path="code", source=source)
     try:
-        load_user_code(code)
+        found = find_user_code(code, folder)
+        if found is not None and written_for_arctictraining(found):
+            method = plugins.get(type_name)
+            if method is None or method.method is None:
+                raise RecipeError(
+                    f"{found} is an ArcticTraining trainer file (it imports arctic_training) and type "
+                    f"{type_name!r} is not a method of an installed Arctic package: ArcticTraining "
+                    f"trainer files need porting to Arctic (see {_PORTING})",
+                    path="code",
+                )
+            notes.append(
+                f"code: {found} is written for ArcticTraining (it imports arctic_training); type "
+                f"{type_name!r} is Arctic's own method (from {method.package}), which is used instead "
+                "of the file, and the file is not imported"
+            )
+            return
+        if found is None:
+            return
+        if code is None and plugins.get(type_name) is not None:
+            return  # an unasked-for train.py is run only when the type needs it (not an installed method)
+        load_user_code(str(found))
+        if code is None:
+            notes.append(f"imported {found} (no `code:` set): it defines the recipe's type {type_name!r}")
     except RecipeError as exc:
         raise exc.with_source(source) from None
     except Exception as exc:
@@ -237,6 +267,14 @@ def resolve_type(type_name: str, source: str, method: str | None = None) -> tupl
     trainer = registry.get_trainer(type_name)
     if trainer is not None:
         return trainer.config_class, trainer  # type: ignore[attr-defined]
+    package = plugins.ARCTIC_METHODS.get(type_name)
+    if package is not None:
+        raise RecipeError(
+            f"the {type_name!r} method comes with the {package} package, which is not installed: "
+            f"pip install {package}",
+            path="type",
+            source=source,
+        )
     known = sorted(set(plugins.method_names()) | set(registry.trainer_names()))
     hint = difflib.get_close_matches(type_name, known, n=1)
     tip = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -244,6 +282,18 @@ def resolve_type(type_name: str, source: str, method: str | None = None) -> tupl
     raise RecipeError(
         f"unknown type {type_name!r}{tip}. Installed types: {listed}", path="type", source=source
     )
+
+
+def _blame_overrides(
+    problems: list[tuple[str | None, str]], overrides: Sequence[str]
+) -> list[tuple[str | None, str]]:
+    """Problems whose key came from `--set` say so, rather than blaming the recipe file."""
+    keys = [override.partition("=")[0].strip() for override in overrides]
+    blamed: list[tuple[str | None, str]] = []
+    for path, message in problems:
+        from_set = path is not None and any(path == k or path.startswith((k + ".", k + "[")) for k in keys)
+        blamed.append((f"--set {path}" if from_set else path, message))
+    return blamed
 
 
 def load_recipe(
@@ -268,13 +318,28 @@ def load_recipe(
     type_name = raw.setdefault("type", TrainerConfig.__attrs_attrs__.type.default)  # type: ignore[attr-defined]
     if not isinstance(type_name, str):
         raise RecipeError(f"expected a string, got {type_name!r}", path="type", source=source)
-    _import_user_code(raw.get("code"), source)
+    notes: list[str] = []
+    folder = Path(path).parent if path is not None else None
+    _import_user_code(raw.get("code"), type_name, folder, source, notes)
     config_class, trainer_ref = resolve_type(type_name, source, method)
     logger = raw.setdefault("logger", {})
     if isinstance(logger, dict) and path is not None:
         logger.setdefault("output_dir", f"runs/{Path(path).stem}")
     config_class = features.recipe_config_class(config_class)  # + installed features' keys
-    features.refuse_missing_features(raw, config_class, source)
-    config = structure(raw, config_class, source=source)
+    problems = features.missing_feature_problems(raw, config_class)
+    compat_problems, compat_notes = arctictraining.translate(raw, config_class)  # its spellings -> Arctic's
+    problems += compat_problems
+    notes += compat_notes
+    try:
+        config = structure(raw, config_class, source=source)
+    except RecipeError as exc:
+        problems += exc.problems
+    if problems:
+        raise RecipeError.from_problems(_blame_overrides(problems, overrides), source=source)
     features.check_recipe(config, source)
-    return Recipe(config=config, trainer_ref=trainer_ref, path=Path(path) if path is not None else None)
+    return Recipe(
+        config=config,
+        trainer_ref=trainer_ref,
+        path=Path(path) if path is not None else None,
+        notes=tuple(notes),
+    )
