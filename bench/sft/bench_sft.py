@@ -1,15 +1,28 @@
-"""Arctic SFT against transformers' Trainer: same model, data, batch and machine, one run.
+"""Arctic SFT against transformers' Trainer: same model, data, batch and machine, one run, interleaved.
 
-Each configuration runs in its own subprocess (so peak memory is its own) for a fixed number
-of optimizer steps on the same tokenized data (Arctic's pipeline tokenizes and masks it once;
-the Trainer gets exactly those rows). Reported: seconds per optimizer step (median, the first
-steps excluded as warm-up), tokens per second (real tokens, padding excluded), peak resident
-memory, and the first step's loss on the same first batch (loss parity).
+The issue-13 setup: a 4-layer, 256-wide Llama (tied embeddings, intermediate 1024, 4 heads), fp32,
+sdpa, multi-turn chat samples of about 100 tokens (Arctic's pipeline tokenizes and masks them once; the
+Trainer gets exactly those rows in Arctic's order), micro batch 4, constant LR. Arctic runs with its
+defaults otherwise (activation checkpointing auto, fused loss, `div_length` 256, 2 loader workers),
+through its own command line. Vocabularies 1K, 49K and 128K: the model's output layer has that many
+rows (the shipped 1,024-token tokenizer feeds it; the head's cost is the vocabulary's, whatever ids
+occur).
 
-    uv run --group bench python bench/sft/bench_sft.py [--steps 30] [--batch 8]
+Modes: `padded` (Arctic unpacked; Trainer with DataCollatorForSeq2Seq) and `packed` (Arctic packs rows
+of `--pack-length` tokens, micro batch 4; the Trainer is padding-free, DataCollatorWithFlattening, with
+as many samples per step as Arctic's packed rows hold on average, so both see about the same tokens per
+step). Tokens are counted the same way on both sides: every real (non-padding) token.
 
-Rows: Arctic unpacked, Arctic packed, Trainer with padding (DataCollatorForSeq2Seq), and
-Trainer padding-free (DataCollatorWithFlattening, transformers' own packing).
+Each run is its own process; Arctic and the Trainer alternate (A B, then B A on the next repeat), and
+the table gives each pair's speed ratio per token, the primary figure on a shared machine, from the
+median CPU time of a step (`time.process_time`, all threads of the process: steady while other jobs
+take turns on the cores; run with `OMP_NUM_THREADS=1` so that no thread spins waiting for another)
+and from its median wall time. tokens/s is the timed steps' real tokens over their wall time. Both
+sides time the optimizer step only (data loading excluded); Arctic's CPU time comes from a bench-only
+trainer (`bench_trainer.py`, the recipe's `code`) that is SFT plus the timer. `--profile` prints the top 10 operators per step (torch.profiler,
+self CPU time) for each run.
+
+    uv run --group bench python bench/sft/bench_sft.py [--vocabs 1024 49152 128256] [--modes padded packed]
 """
 
 from __future__ import annotations
@@ -26,76 +39,115 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH_MODEL = {  # about 20M parameters with the shipped 1024-token vocabulary
-    "num_hidden_layers": 6,
-    "hidden_size": 512,
-    "intermediate_size": 1408,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 8,
+HERE = Path(__file__).resolve().parent
+BENCH_MODEL = {
+    "num_hidden_layers": 4,
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "tie_word_embeddings": True,
 }
-WARMUP_STEPS = 5
+LR = 1e-4
 
 
-def prepare(folder: Path, samples: int) -> None:
-    """The model folder (one set of initial weights for every run) and the chat data."""
+def prepare(folder: Path, vocabs: list[int], samples: int) -> None:
+    """One model folder per vocabulary (the same initial weights for both systems) and the chat data."""
     from arctic_core.testing import save_tiny_model
     from arctic_core.testing.datasets import arithmetic_conversations, write_rows
 
-    save_tiny_model(folder / "model", "llama", seed=0, **BENCH_MODEL)
+    for vocab in vocabs:
+        save_tiny_model(folder / f"model-{vocab}", "llama", seed=0, vocab_size=vocab, **BENCH_MODEL)
     write_rows(folder / "train.jsonl", arithmetic_conversations(samples, seed=0, max_turns=6))
 
 
-def recipe(folder: Path, *, packed: bool, steps: int, batch: int) -> Path:
-    path = folder / f"arctic-{'packed' if packed else 'padded'}.toml"
+def recipe(
+    folder: Path, *, vocab: int, packed: bool, steps: int, batch: int, pack_length: int, profile: bool
+) -> Path:
+    name = f"arctic-{vocab}-{'packed' if packed else 'padded'}"
+    code = f'code = "{HERE / "bench_trainer.py"}"\n'
+    path = folder / f"{name}.toml"
     path.write_text(
         f"""
-type = "sft"
-micro_batch_size = {batch}
+type = "sft_bench"
+{code}micro_batch_size = {batch}
 train_iters = {steps}
 seed = 0
 [model]
-name_or_path = "{folder / "model"}"
+name_or_path = "{folder / f"model-{vocab}"}"
 dtype = "fp32"
-disable_activation_checkpoint = true
+attn_implementation = "sdpa"
 [data]
 sources = ["{folder / "train.jsonl"}"]
-max_length = 1024
-div_length = 8
+max_length = {pack_length}
 pack_samples = {str(packed).lower()}
-dl_num_workers = 0
 cache_dir = "{folder / "cache"}"
 [optimizer]
-lr = 1e-4
+lr = {LR}
 weight_decay = 0.0
 [scheduler]
 name = "constant"
 warmup_ratio = 0.0
 [logger]
-output_dir = "{folder / ("run-packed" if packed else "run-padded")}"
+output_dir = "{folder / name}"
 progress_bar = false
 """
     )
     return path
 
 
-def run_arctic(folder: Path, *, packed: bool, steps: int, batch: int) -> dict:
-    path = recipe(folder, packed=packed, steps=steps, batch=batch)
-    subprocess.run([sys.executable, "-m", "arctic_core", "train", str(path)], check=True)
-    lines = [
-        json.loads(x) for x in (folder / ("run-packed" if packed else "run-padded") / "metrics.jsonl").open()
-    ]
-    timed = lines[WARMUP_STEPS:]
+def run_arctic(folder: Path, args: argparse.Namespace, *, vocab: int, packed: bool) -> dict:
+    steps = args.warmup + args.steps
+    path = recipe(
+        folder,
+        vocab=vocab,
+        packed=packed,
+        steps=steps,
+        batch=args.batch,
+        pack_length=args.pack_length,
+        profile=args.profile,
+    )
+    cpu_file = folder / f"{path.stem}.cpu.json"
+    env = {
+        **os.environ,
+        "BENCH_PROFILE_SKIP": str(args.warmup),
+        "BENCH_PROFILE_STEPS": str(min(args.steps, 10) if args.profile else 0),
+        "BENCH_CPU_TIMES": str(cpu_file),
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "arctic_core", "train", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if done.returncode:
+        raise SystemExit(f"arctic failed:\n{done.stdout[-4000:]}")
+    print_profile(done.stdout)
+    lines = [json.loads(x) for x in (folder / path.stem / "metrics.jsonl").open()]
+    timed = lines[args.warmup :]
+    cpu = json.loads(cpu_file.read_text())[args.warmup :]
     return {
         "first_loss": lines[0]["loss"],
+        "cpu_s_per_step": statistics.median(cpu),
         "s_per_step": statistics.median(x["seconds"] for x in timed),
         "tokens_per_s": sum(x["tokens"] for x in timed) / sum(x["seconds"] for x in timed),
+        "tokens_per_step": statistics.mean(x["tokens"] for x in timed),
         "peak_rss_gb": max(x.get("peak_memory_gb") or 0 for x in lines),
     }
 
 
-def trainer_worker(folder: Path, flatten: bool, steps: int, batch: int) -> None:
+def print_profile(output: str) -> None:
+    for line in output.splitlines():
+        if line.startswith("PROFILE "):
+            print(line[8:])
+
+
+def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
     """Runs inside a subprocess: transformers' Trainer on Arctic's tokenized rows, in Arctic's order."""
     import torch
+    from profile_window import ProfileWindow
     from transformers import (
         AutoModelForCausalLM,
         DataCollatorForSeq2Seq,
@@ -108,7 +160,11 @@ def trainer_worker(folder: Path, flatten: bool, steps: int, batch: int) -> None:
     from arctic_core.data import DataFactory, load_tokenizer
     from arctic_core.recipe import load_recipe
 
-    config = load_recipe(recipe(folder, packed=False, steps=steps, batch=batch)).config
+    flatten, vocab, batch = args.flatten, args.vocab, args.batch
+    path = recipe(
+        folder, vocab=vocab, packed=False, steps=1, batch=batch, pack_length=args.pack_length, profile=False
+    )
+    config = load_recipe(path).config
     tokenizer = load_tokenizer(config)
     rows = DataFactory(config, tokenizer).train_dataset()
     generator = torch.Generator().manual_seed(config.data.seed)  # Arctic's epoch-0 order
@@ -118,36 +174,43 @@ def trainer_worker(folder: Path, flatten: bool, steps: int, batch: int) -> None:
     collator = (
         DataCollatorWithFlattening()
         if flatten
-        else DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8, label_pad_token_id=-100)
+        else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     )
     times: list[float] = []
+    cpu: list[float] = []
     tokens: list[int] = []
+    window = ProfileWindow(skip=args.warmup, steps=min(args.steps, 10)) if args.profile else None
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.start = time.perf_counter()
+            if window is not None:
+                self.profiled = window.step()
+                self.profiled.__enter__()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.start)
+            cpu.append(time.process_time() - self.cpu_start)
+            if window is not None:
+                self.profiled.__exit__(None, None, None)
 
     class CountingTrainer(Trainer):
         def _get_train_sampler(self, *args, **kwargs):
             return torch.utils.data.SequentialSampler(self.train_dataset)
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            tokens.append(
-                int((inputs["labels"] != -100).sum() if flatten else inputs["attention_mask"].sum())
-            )
+            real = inputs["input_ids"].numel() if flatten else inputs["attention_mask"].sum()
+            tokens.append(int(real))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     model = AutoModelForCausalLM.from_pretrained(
-        folder / "model", dtype=torch.float32, attn_implementation="sdpa"
+        folder / f"model-{vocab}", dtype=torch.float32, attn_implementation="sdpa"
     )
-    args = TrainingArguments(
+    training = TrainingArguments(
         output_dir=str(folder / "hf"),
         per_device_train_batch_size=batch,
-        max_steps=steps,
-        learning_rate=1e-4,
+        max_steps=args.warmup + args.steps,
+        learning_rate=LR,
         weight_decay=0.0,
         lr_scheduler_type="constant",
         logging_steps=1,
@@ -159,74 +222,164 @@ def trainer_worker(folder: Path, flatten: bool, steps: int, batch: int) -> None:
         disable_tqdm=True,
     )
     trainer = CountingTrainer(
-        model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[Timer()]
+        model=model, args=training, train_dataset=rows, data_collator=collator, callbacks=[Timer()]
     )
     trainer.train()
+    if window is not None:
+        window.report("trainer")
     losses = [float(x["loss"]) for x in trainer.state.log_history if "loss" in x]
-    timed = times[WARMUP_STEPS:]
+    timed = times[args.warmup :]
+    counted = tokens[args.warmup : args.warmup + len(timed)]
     result = {
         "first_loss": losses[0],
+        "cpu_s_per_step": statistics.median(cpu[args.warmup :]),
         "s_per_step": statistics.median(timed),
-        "tokens_per_s": sum(tokens[WARMUP_STEPS : WARMUP_STEPS + len(timed)]) / sum(timed),
+        "tokens_per_s": sum(counted) / sum(timed),
+        "tokens_per_step": statistics.mean(counted),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     print("RESULT " + json.dumps(result))
 
 
-def run_trainer(folder: Path, *, flatten: bool, steps: int, batch: int) -> dict:
+def run_trainer(folder: Path, args: argparse.Namespace, *, vocab: int, batch: int, flatten: bool) -> dict:
     command = [
         sys.executable,
         __file__,
         "--worker",
         str(folder),
-        "--steps",
-        str(steps),
+        "--vocab",
+        str(vocab),
         "--batch",
         str(batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--pack-length",
+        str(args.pack_length),
     ]
-    if flatten:
-        command.append("--flatten")
-    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    command += ["--flatten"] if flatten else []
+    command += ["--profile"] if args.profile else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode:
+        raise SystemExit(f"trainer failed:\n{done.stdout[-4000:]}")
+    print_profile(done.stdout)
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def samples_per_packed_row(folder: Path, args: argparse.Namespace, vocab: int) -> float:
+    from arctic_core.data import DataFactory, load_tokenizer
+    from arctic_core.recipe import load_recipe
+
+    counts = []
+    for packed in (False, True):
+        path = recipe(
+            folder,
+            vocab=vocab,
+            packed=packed,
+            steps=1,
+            batch=args.batch,
+            pack_length=args.pack_length,
+            profile=False,
+        )
+        config = load_recipe(path).config
+        counts.append(len(DataFactory(config, load_tokenizer(config)).train_dataset()))
+    return counts[0] / counts[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--worker")
-    parser.add_argument("--flatten", action="store_true")
+    parser.add_argument("--vocabs", type=int, nargs="+", default=[1024, 49152, 128256])
+    parser.add_argument("--modes", nargs="+", choices=["padded", "packed"], default=["padded", "packed"])
+    parser.add_argument("--pack-length", type=int, default=256, help="packed row length (and max_length)")
+    parser.add_argument("--repeats", type=int, default=1, help="pairs per configuration, order alternating")
+    parser.add_argument("--profile", action="store_true", help="print the top 10 ops per step of each run")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--flatten", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        trainer_worker(Path(args.worker), args.flatten, args.steps, args.batch)
+        trainer_worker(Path(args.worker), args)
         return
+    rows = []
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        prepare(folder, args.samples)
-        results = {
-            "arctic, padded": run_arctic(folder, packed=False, steps=args.steps, batch=args.batch),
-            "transformers Trainer, padded": run_trainer(
-                folder, flatten=False, steps=args.steps, batch=args.batch
-            ),
-            "arctic, packed": run_arctic(folder, packed=True, steps=args.steps, batch=args.batch),
-            "transformers Trainer, padding-free": run_trainer(
-                folder, flatten=True, steps=args.steps, batch=args.batch
-            ),
-        }
+        prepare(folder, args.vocabs, args.samples)
+        pairs = 0
+        for vocab in args.vocabs:
+            for mode in args.modes:
+                packed = mode == "packed"
+                hf_batch = (
+                    round(args.batch * samples_per_packed_row(folder, args, vocab)) if packed else args.batch
+                )
+                for _ in range(args.repeats):
+                    first_arctic = pairs % 2 == 0
+                    pair = run_pair(
+                        folder, args, vocab=vocab, packed=packed, hf_batch=hf_batch, arctic_first=first_arctic
+                    )
+                    pairs += 1
+                    rows.append((vocab, mode, hf_batch, pair["arctic"], pair["trainer"]))
+                    print_row(*rows[-1], flush=True)
     print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-        f"{args.steps} steps, micro batch {args.batch}, model ~20M params, fp32, sdpa"
+        f"\n{started}; machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load_before:.1f} at the "
+        f"start and {os.getloadavg()[0]:.1f} at the end; {args.warmup} warm-up + {args.steps} timed steps, "
+        f"micro batch {args.batch}, fp32, sdpa"
     )
-    print(f"{'run':<36} {'s/step':>8} {'tokens/s':>10} {'peak RSS GB':>12} {'first loss':>11}")
-    for name, r in results.items():
-        print(
-            f"{name:<36} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.0f} {r['peak_rss_gb']:>12.2f} "
-            f"{r['first_loss']:>11.5f}"
-        )
+    print_table(rows)
+
+
+def run_pair(
+    folder: Path, args: argparse.Namespace, *, vocab: int, packed: bool, hf_batch: int, arctic_first: bool
+) -> dict:
+    """One Arctic run and one Trainer run on the same configuration, in the given order."""
+    pair = {}
+    for name in ["arctic", "trainer"] if arctic_first else ["trainer", "arctic"]:
+        if name == "arctic":
+            pair[name] = run_arctic(folder, args, vocab=vocab, packed=packed)
+        else:
+            pair[name] = run_trainer(folder, args, vocab=vocab, batch=hf_batch, flatten=packed)
+    return pair
+
+
+def print_row(vocab, mode, hf_batch, arctic, trainer, flush=False) -> None:
+    print(
+        f"[{vocab} {mode}] arctic {arctic['cpu_s_per_step']:.3f} CPU s/step, {arctic['s_per_step']:.3f} s/step | "
+        f"trainer (batch {hf_batch}) {trainer['cpu_s_per_step']:.3f} CPU s/step, {trainer['s_per_step']:.3f} s/step",
+        flush=flush,
+    )
+
+
+def print_table(rows) -> None:
+    """Speed-ups per token (packed steps hold about, not exactly, as many tokens on both sides)."""
+    print(
+        "| vocab | mode | system | CPU s/step | s/step | tokens/step | tokens/s | peak RSS GB | first loss "
+        "| Arctic speed-up: CPU time | wall time |"
+    )
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for vocab, mode, hf_batch, arctic, trainer in rows:
+
+        def per_token(r, key):
+            return r[key] / r["tokens_per_step"]
+
+        by_cpu = per_token(trainer, "cpu_s_per_step") / per_token(arctic, "cpu_s_per_step")
+        by_wall = per_token(trainer, "s_per_step") / per_token(arctic, "s_per_step")
+        for name, r in (("arctic", arctic), (f"Trainer (batch {hf_batch})", trainer)):
+            ratios = f"{by_cpu:.2f}x | {by_wall:.2f}x" if name == "arctic" else " | "
+            print(
+                f"| {vocab} | {mode} | {name} | {r['cpu_s_per_step']:.3f} | {r['s_per_step']:.3f} | "
+                f"{r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gb']:.2f} | "
+                f"{r['first_loss']:.5f} | {ratios} |"
+            )
 
 
 if __name__ == "__main__":

@@ -199,19 +199,24 @@ class LiveLogits(TorchDispatchMode):
         super().__init__()
         self.vocab, self.weight_shapes = vocab, weight_shapes
         self.live = self.peak = 0
+        self.tracked: set[int] = set()
 
-    def _freed(self, count: int) -> None:
+    def _freed(self, count: int, key: int) -> None:
         self.live -= count
+        self.tracked.discard(key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in out if isinstance(out, (tuple, list)) else [out]:
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) in self.weight_shapes:
                 continue
+            if id(tensor) in self.tracked:  # an in-place op returns its input: the same memory
+                continue
             if tensor.dim() and tensor.shape[-1] == self.vocab:
                 self.live += tensor.numel()
                 self.peak = max(self.peak, self.live)
-                weakref.finalize(tensor, self._freed, tensor.numel())
+                self.tracked.add(id(tensor))
+                weakref.finalize(tensor, self._freed, tensor.numel(), id(tensor))
         return out
 
 
@@ -418,6 +423,43 @@ def test_distillation_kl_with_a_zero3_partitioned_head(frozen):
     distributed.init_distributed()
     result = zero3_kl_step(frozen, rows=ROWS)
     assert_matches_plain_kl(result, result["weight"])
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen-head", "trainable-head"])
+def test_fused_cross_entropy_with_a_zero3_partitioned_head(frozen):
+    """Frozen: the fused path, the weight gathered once; trainable: the checkpointed chunks (see fusable_head)."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_grad
+
+    from arctic_core.engine import distributed
+    from arctic_core.gather import gathered_state_dict
+
+    distributed.init_distributed()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(40)
+        with deepspeed.zero.Init(config_dict_or_path=ZERO3):
+            model = StudentAndHead()
+    model.head.requires_grad_(not frozen)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ZERO3)
+    head_module = engine.module.head
+    assert head_module.weight.numel() == 0  # partitioned, released outside forwards
+    hs = engine(hidden_states(41).detach())
+    hs.retain_grad()
+    y = targets(42)
+    loss = chunked_cross_entropy_sum(head_module, hs, y, chunk_size=4)
+    assert (type(loss.grad_fn).__name__ == "_FusedLinearCrossEntropyBackward") == frozen
+    engine.backward(loss)
+    weight_grad = None if frozen else safe_get_full_grad(head_module.weight)
+    layer = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+    layer.weight.data.copy_(gathered_state_dict(head_module, zero3=True)["weight"])
+    h = hs.detach().clone().requires_grad_()
+    expected = -plain_log_probs(layer, h, y, None).sum()
+    expected.backward()
+    torch.testing.assert_close(loss.detach(), expected.detach(), **CLOSE)
+    torch.testing.assert_close(hs.grad, h.grad, **CLOSE)
+    if not frozen:
+        torch.testing.assert_close(weight_grad, layer.weight.grad, **CLOSE)
 
 
 def zero3_rank_main(rank: int, port: int, out: str) -> None:

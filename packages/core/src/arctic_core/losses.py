@@ -24,21 +24,38 @@ Only positions whose shifted label is trainable (labels != -100) reach the head:
 padding and masked turns never do. The head is called as a module (not through its weight), so
 ZeRO-3 gathers its weight as usual, tied to the input embeddings or not.
 
+Cross-entropy with a plain linear head (`torch.nn.Linear`, tied or not) is *fused*
+(`fused_linear_cross_entropy`): each chunk's logits are made, turned into the loss and, in place, into
+the gradient wrt the logits (`arctic_core.kernels`: Triton on CUDA, PyTorch elsewhere), then reduced to
+the chunk's gradients wrt the hidden states, the weight and the bias, all in the forward pass. Backward
+only scales the saved gradients: three matmuls per chunk instead of four (no recompute), no autograd
+graph over vocabulary-wide tensors, and one chunk of logits alive at a time. Such a loss must be
+backpropagated at most once per forward (a second backward raises); without grad (evaluation, a
+frozen reference) only the values are computed. Log-probs that carry a gradient (`token_log_probs`,
+DPO's policy) keep the checkpointed chunks: their per-row gradient weights are known only in backward,
+so the weight's gradient cannot be formed in the forward pass without keeping every chunk's softmax.
+
 Two ZeRO-3 rules (`zero3_head`): every call of a partitioned head is a collective, so all ranks run
 the same number of chunks (the count is all-reduced; a rank with fewer rows runs empty chunks), and a
 frozen partitioned head is called through `_FrozenHead`, which saves nothing for backward and gathers
 its weight there itself (checkpointing would otherwise save the parameter, which ZeRO-3 releases
-after the recompute's forward, and refuse the recompute).
+after the recompute's forward, and refuse the recompute). The fused path gathers a partitioned
+weight once per call, around all its chunks (`arctic_core.gather.gathered_parameters`), and needs
+nothing of it in backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
+
+from arctic_core.kernels import ce_value_and_grad_
 
 IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
@@ -143,6 +160,177 @@ def final_hidden_states(
     return captured[-1]
 
 
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(u(h_i·Wᵀ + b), y_i) whose gradients wrt h, W and b are formed in the forward pass."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        options: dict[str, Any],
+    ) -> torch.Tensor:
+        need = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        )
+        losses, ctx.grads = _linear_ce_chunks(hidden, weight, bias, targets, need=need, **options)
+        return losses.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grads = getattr(ctx, "grads", None)
+        if grads is None:
+            raise RuntimeError(
+                "fused_linear_cross_entropy: its gradient (formed in the forward pass) was already used; "
+                "backpropagate each loss at most once"
+            )
+        del ctx.grads  # frees the saved gradients with this backward, and refuses a second one
+        if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
+            return grads[0], grads[1], grads[2], None, None  # the common case: no pass over [V, H]
+        scaled = [None if g is None else g.mul_(grad_output.to(g.dtype)) for g in grads]
+        return scaled[0], scaled[1], scaled[2], None, None
+
+
+def _linear_ce_chunks(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    need: tuple[bool, bool, bool],
+    chunk_size: int,
+    scale: float | None,
+    softcap: float | None,
+    ignore_index: int,
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Per-row CE `[N]` fp32, and the gradients of their sum wrt (hidden, weight, bias) where `need` asks."""
+    need_h, need_w, need_b = need
+    rows = hidden.shape[0]
+    losses = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_h else None
+    grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    grad_b = (
+        torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        if need_b and bias is not None
+        else None
+    )
+    for start in range(0, rows, chunk_size):
+        part = slice(start, start + chunk_size)
+        h = hidden[part]
+        logits = F.linear(h, weight, bias).float()  # fp32 (a copy unless already fp32, which is then reused)
+        losses[part] = ce_value_and_grad_(
+            logits, targets[part], scale=scale, softcap=softcap, ignore_index=ignore_index, grad=any(need)
+        )
+        grad_z = logits.to(weight.dtype)  # now d loss / d logits
+        if grad_h is not None:
+            torch.mm(grad_z, weight, out=grad_h[part])
+        if grad_w is not None:
+            if start == 0 and weight.dtype == torch.float32:
+                torch.mm(grad_z.t(), h, out=grad_w)  # the first chunk writes: no zero-filled [V, H] pass
+            elif start == 0:
+                grad_w.copy_(grad_z.t() @ h.to(weight.dtype))
+            elif weight.dtype == torch.float32:
+                grad_w.addmm_(grad_z.t(), h)
+            else:
+                grad_w += grad_z.t() @ h.to(weight.dtype)
+        if grad_b is not None:
+            grad_b += logits.sum(dim=0)
+    if grad_w is not None:
+        grad_w = (grad_w.zero_() if rows == 0 else grad_w).to(weight.dtype)
+    if grad_b is not None and bias is not None:
+        grad_b = grad_b.to(bias.dtype)
+    return losses, [grad_h, grad_w, grad_b]
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    scale: float | None = None,
+    softcap: float | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """sum_i CE(u_i, y_i) with u = c·tanh(s·(h·Wᵀ + b)/c), fp32; gradients formed in the forward pass.
+
+    `hidden` `[N, H]`, `weight` `[V, H]` (whole: gather a ZeRO-3 weight first, as
+    `chunked_cross_entropy_sum` does), `targets` `[N]` (`ignore_index` rows count 0). `scale` s and
+    `softcap` c are optional. At most one `[chunk_size, V]` fp32 logits buffer exists at a time. When
+    grad is enabled and an input requires it, the result must be backpropagated at most once; without
+    grad only the loss is computed.
+    """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        options = {"chunk_size": chunk_size, "scale": scale, "softcap": softcap, "ignore_index": ignore_index}
+        result: torch.Tensor = _FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, options)
+        return result
+    return linear_cross_entropy_rows(
+        hidden,
+        weight,
+        targets,
+        bias,
+        chunk_size=chunk_size,
+        scale=scale,
+        softcap=softcap,
+        ignore_index=ignore_index,
+    ).sum()
+
+
+def linear_cross_entropy_rows(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    scale: float | None = None,
+    softcap: float | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Per-row CE `[N]` of the fused path without any gradient (evaluation, frozen references)."""
+    with torch.no_grad():
+        losses, _ = _linear_ce_chunks(
+            hidden,
+            weight,
+            bias,
+            targets,
+            need=(False, False, False),
+            chunk_size=chunk_size,
+            scale=scale,
+            softcap=softcap,
+            ignore_index=ignore_index,
+        )
+    return losses
+
+
+def fusable_head(head: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
+    """Whether the fused path serves `head`: a plain linear layer, frozen if ZeRO-3 partitions it.
+
+    A *trainable* partitioned weight keeps the checkpointed chunks: ZeRO-3 accumulates a parameter's
+    gradient only while its module's backward hooks hold it gathered, and a gradient handed to the
+    released (empty) parameter from outside the module fails in autograd's accumulation.
+    """
+    if not isinstance(head, torch.nn.Linear) or type(head).forward is not torch.nn.Linear.forward:
+        return False
+    return not (zero3_head(head) and any(p.requires_grad for p in head.parameters()))
+
+
+@contextmanager
+def whole_head(head: torch.nn.Linear) -> Iterator[None]:
+    """The head's weight (and bias) whole for the block: gathered once under ZeRO-3 (every rank must enter)."""
+    from arctic_core.gather import gathered_parameters
+
+    params = [p for p in (head.weight, head.bias) if isinstance(p, torch.nn.Parameter)]
+    with gathered_parameters(params, enabled=zero3_head(head)):
+        yield
+
+
 def _chunk_loss_sum(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float | None, cap: float | None
 ) -> torch.Tensor:
@@ -157,8 +345,17 @@ def chunked_cross_entropy_sum(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     config: Any = None,
 ) -> torch.Tensor:
-    """Sum of CE over `hidden` `[N, H]` rows against `targets` `[N]`, `chunk_size` rows at a time (fp32)."""
+    """Sum of CE over `hidden` `[N, H]` rows against `targets` `[N]`, `chunk_size` rows at a time (fp32).
+
+    A plain linear head takes the fused path (`fused_linear_cross_entropy`: backpropagate the result at
+    most once); any other head runs each chunk under activation checkpointing.
+    """
     scale, cap = logit_transform(config)
+    if fusable_head(head):
+        with whole_head(head):
+            return fused_linear_cross_entropy(
+                hidden, head.weight, targets, head.bias, chunk_size=chunk_size, scale=scale, softcap=cap
+            )
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in chunk_starts(hidden.shape[0], chunk_size, head, device=hidden.device):
         part = slice(start, start + chunk_size)
@@ -184,9 +381,15 @@ def token_log_probs(
 ) -> torch.Tensor:
     """log p(target) `[N]` fp32 for each row of `hidden` `[N, H]`, `chunk_size` rows at a time.
 
-    Chunks are checkpointed when grad is enabled; under no_grad they simply run one after another.
+    Chunks are checkpointed when grad is enabled; under no_grad they simply run one after another
+    (through the fused kernel for a plain linear head).
     """
     scale, cap = logit_transform(config)
+    if not torch.is_grad_enabled() and fusable_head(head):
+        with whole_head(head):
+            return -linear_cross_entropy_rows(
+                hidden, head.weight, targets, head.bias, chunk_size=chunk_size, scale=scale, softcap=cap
+            )
     parts = []
     for start in chunk_starts(hidden.shape[0], chunk_size, head, device=hidden.device):
         part = slice(start, start + chunk_size)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from arctic_core.compat.arctictraining import ARCTICTRAINING_DIFFERENCES
 from arctic_core.config import ModelConfig, TrainerConfig
 from arctic_core.engine.loop import LossOutput
 from arctic_core.errors import ArcticError
@@ -66,11 +68,22 @@ class Trainer:
     """`arctic_core.data.DataFactory` subclass for `setup_data` (None: DataFactory itself)."""
     reports_perplexity: ClassVar[bool] = True
     """Whether the loss is a mean negative log-likelihood, so evaluation also reports its perplexity."""
+    recipe_notes: tuple[str, ...] = ()
+    """Warnings from reading the recipe (keys kept for ArcticTraining but not acted on); logged once."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             register_trainer(cls)
+
+    @classmethod
+    def check_config(cls, config: TrainerConfig) -> Iterator[tuple[str | None, str]]:
+        """The method's own checks that need no weights and no data rows: yield (key path, message).
+
+        They run in `arctic config check` and before every run builds anything, beside core's
+        (`arctic_core.recipe.checks`). Default: none.
+        """
+        return iter(())
 
     def __init__(self, config: TrainerConfig, *, local_rank: int | None = None):
         self.config = config
@@ -88,6 +101,7 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.total_steps = 0
+        self.run_start_step = 0  # the step this process started (or resumed) at
         self.steps_per_epoch = 0
         self.step_in_epoch = 0
         """Optimizer steps done in the current epoch."""
@@ -104,8 +118,8 @@ class Trainer:
         if self._is_setup:
             return
         self.setup_distributed()
-        self.setup_run_folder()
         self.setup_resume()
+        self.setup_run_folder()
         self.setup_tokenizer()
         self.setup_data()
         self.setup_loaders()
@@ -122,12 +136,18 @@ class Trainer:
         from transformers import set_seed
 
         from arctic_core.engine import deepspeed_config, distributed, topology
-        from arctic_core.engine.peft import check_recipe as check_peft_recipe
         from arctic_core.features import active_features
+        from arctic_core.recipe.checks import preflight
 
-        deepspeed_config.check_precision(self.config, cuda=distributed.has_cuda())
-        check_peft_recipe(self.config)  # peft installed, model.peft_config valid: before any model loads
         self.features = active_features(self.config)
+        self.preflight_warnings: list[str] = []
+        model_parallel = math.prod(self.topology_sizes().values())
+        preflight(  # precision vs hardware, PEFT, [deepspeed], types, input paths: before anything is built
+            self.config,
+            trainer=type(self),
+            world_size=max(1, int(os.environ.get("WORLD_SIZE", "1")) // model_parallel),
+            warn=self.preflight_warnings.append,
+        )
         distributed.init_distributed(self.local_rank)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.device = distributed.device()
@@ -138,13 +158,25 @@ class Trainer:
         set_seed(self.config.seed)  # python, numpy, torch (and CUDA)
 
     def setup_run_folder(self) -> None:
-        """Per-rank log files, and the resolved recipe saved in the run folder."""
+        """Per-rank log files, and the resolved recipe saved in the run folder.
+
+        A fresh run (not a resume) into a folder that holds an earlier run first moves that run's
+        recipe, metrics, generation-eval scores and logs into `previous/<time>/`.
+        """
         from arctic_core.engine import distributed
-        from arctic_core.engine.metrics import setup_logging
+        from arctic_core.engine.metrics import keep_previous_run, setup_logging
         from arctic_core.recipe.render import render
 
         run_dir = Path(self.config.run_dir)
+        kept = None
+        if self.rank == 0 and self.resume_point is None:  # a fresh run never overwrites an earlier one
+            kept = keep_previous_run(self.config)
+        distributed.barrier()
         self.log = setup_logging(self.config, self.rank)
+        if kept is not None:
+            self.log.info("this folder held an earlier run: its recipe, metrics and logs are now in %s", kept)
+        for warning in getattr(self, "preflight_warnings", ()):
+            self.log.warning("%s", warning)
         if self.rank == 0:
             (run_dir / "recipe.yaml").write_text(render(self.config, "yaml"))
         distributed.barrier()
@@ -194,21 +226,26 @@ class Trainer:
                 f"the training data ({len(self.train_dataset)} samples) does not fill one optimizer step of "
                 f"{per_step * self.topology.dp_size} samples"
             )
-        self.total_steps = self.config.train_iters or self.config.epochs * self.steps_per_epoch
+        repeats = -(-self.config.min_iterations // self.steps_per_epoch)  # data repeated, whole epochs
+        self.total_steps = (
+            self.config.train_iters or self.config.epochs * max(repeats, 1) * self.steps_per_epoch
+        )
 
     def setup_model(self) -> None:
         """Build the model, let the method transform it, add PEFT adapters, choose the trainable parameters."""
+        from arctic_core.engine.model import apply_activation_checkpointing
         from arctic_core.engine.peft import apply_adapters
 
         self.features.before_model(self)
         model = self.build_model()
+        checkpointing, why = apply_activation_checkpointing(
+            model, self.config, device=self.device, zero_stage=self.zero_stage, dp_size=self.topology.dp_size
+        )
+        self.log.info("activation checkpointing %s: %s", "on" if checkpointing else "off", why)
         model = self.transform_model(model)
         model = self.features.transform_model(self, model)
         model = apply_adapters(
-            model,
-            self.config.model,
-            seed=self.config.seed,
-            activation_checkpointing=not self.config.model.disable_activation_checkpoint,
+            model, self.config.model, seed=self.config.seed, activation_checkpointing=checkpointing
         )
         self.trainable_names = self.select_trainable(model)
         self.model = model
@@ -240,6 +277,10 @@ class Trainer:
             mpu=deepspeed_mpu(self.groups),
             dist_init_required=False,
         )
+        if self.world_size == 1 and self.zero_stage == 0:
+            # On one rank DeepSpeed's gradient all-reduce is a no-op that still flattens every
+            # gradient into a bucket and copies it back (a pass over all gradients per step).
+            self.engine.enable_backward_allreduce = False
         self.model = self.engine.module
 
     def setup_checkpoints(self) -> None:
@@ -339,10 +380,21 @@ class Trainer:
         return self.engine(**model_inputs(batch), use_cache=False)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor | LossOutput:
-        """Mean causal-LM cross-entropy over the micro-batch's trainable tokens (or a `LossOutput`)."""
+        """Mean causal-LM cross-entropy over the micro-batch's trainable tokens (or a `LossOutput`).
+
+        Default: the fused linear cross-entropy over the trained positions only
+        (`arctic_core.losses.causal_lm_loss`); the full-logits loss for a model that is not a
+        transformers causal LM with an output layer.
+        """
+        from arctic_core import losses
         from arctic_core.engine.loop import causal_lm_loss
 
-        return causal_lm_loss(self.forward(batch).logits, batch["labels"])
+        try:
+            losses.backbone_and_head(self.model)
+        except TypeError:
+            return causal_lm_loss(self.forward(batch).logits, batch["labels"])
+        chunk_size = getattr(self.config, "loss_chunk_size", losses.DEFAULT_CHUNK_SIZE)
+        return losses.causal_lm_loss(self.model, batch, chunk_size=chunk_size, call=self.engine)
 
     def before_optimizer_step(self) -> None:
         """Called after the step's last backward, before the optimizer step (gradients are complete)."""
@@ -360,7 +412,11 @@ class Trainer:
 
         self.setup()
         resumed = self.resume_point is not None
+        self.run_start_step = self.global_step
         self.log.info("training %d optimizer steps (%d per epoch)", self.total_steps, self.steps_per_epoch)
+        for note in self.recipe_notes:
+            self.log.warning("%s", note)
+        self.log.info("%s", ARCTICTRAINING_DIFFERENCES)
         self.metrics = MetricsWriter(
             self.config,
             rank=self.rank,
@@ -409,7 +465,9 @@ class Trainer:
         return bool(self.stopped_by)
 
     def _finished(self) -> bool:
-        exit_at = self.config.exit_iteration
+        exit_at, this_run = self.config.exit_iteration, self.config.exit_iteration_this_run
+        if this_run and self.global_step - self.run_start_step >= this_run:
+            return True
         return self.global_step >= self.total_steps or bool(exit_at and self.global_step >= exit_at)
 
     def train_epoch(self) -> bool:
@@ -417,8 +475,6 @@ class Trainer:
 
         Micro-batches left over after the epoch's last full optimizer step are skipped.
         """
-        from arctic_core.engine.faults import kill_at_step
-
         gas = self.config.gradient_accumulation_steps
         self.train_loader.start_epoch(self.epoch)  # a resumed loader goes on from its restored position
         batches = iter(self.train_loader)
@@ -429,7 +485,6 @@ class Trainer:
             if len(micro_batches) < gas:  # a position restored from a changed recipe may end it early
                 break
             self.train_step(micro_batches)
-            kill_at_step(self.global_step)  # test-only fault point
         return True
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> None:
@@ -518,12 +573,8 @@ class Trainer:
         """DeepSpeed reports no norm for ZeRO-0 in fp32; there the gradients are plain `.grad`s."""
         if self.zero_stage != 0 or self.engine.bfloat16_enabled() or self.engine.fp16_enabled():
             return None
-        grads = [p.grad.detach().float() for p in self.engine.module.parameters() if p.grad is not None]
-        return (
-            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-            if grads
-            else 0.0
-        )
+        grads = [p.grad.detach() for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
 
     def _engine_grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()

@@ -7,6 +7,7 @@ whose micro-batches hold very different numbers of trainable tokens.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,13 @@ def test_accumulation_equals_a_bigger_micro_batch(tiny_model_dir, tmp_path):
 
 
 def test_activation_checkpointing_changes_nothing(tiny_model_dir, tmp_path):
-    on = run(tiny_model_dir, tmp_path / "on", train_iters=3)
+    on = run(tiny_model_dir, tmp_path / "on", train_iters=3, model={"disable_activation_checkpoint": False})
     off = run(tiny_model_dir, tmp_path / "off", train_iters=3, model={"disable_activation_checkpoint": True})
+    auto = run(tiny_model_dir, tmp_path / "auto", train_iters=1)  # a tiny model fits: auto leaves it off
     assert on.model.is_activation_checkpointing and not off.model.is_activation_checkpointing
+    assert not auto.model.is_activation_checkpointing
+    logged = (tmp_path / "auto" / "logs" / "rank_0.log").read_text()
+    assert logged.count("activation checkpointing off: auto: estimated activations") == 1, logged
     assert losses(on) == pytest.approx(losses(off), abs=1e-7)
     _assert_same_grads(on.grads, off.grads, atol=1e-7)
 
@@ -191,10 +196,15 @@ def test_metrics_lines_schedule_epochs_and_determinism(tiny_model_dir, tmp_path)
     assert sum(r["trainable_tokens"] for r in records[:8]) == sum(first.micro_counts[:32])
     epoch_one, epoch_two = first.seen[:32], first.seen[32:]
     assert epoch_one != epoch_two and sorted(epoch_one) == sorted(epoch_two)
-    second = run(tiny_model_dir, tmp_path / "b", **common)
+    first_lines = Path(first.config.metrics_path).read_text()
+    second = run(tiny_model_dir, tmp_path / "a", **common)  # the same folder: the first run is kept aside
     assert losses(first) == losses(second)
-    assert (Path(first.config.run_dir) / "recipe.yaml").is_file()
-    assert (Path(first.config.run_dir) / "logs" / "rank_0.log").read_text().count("training finished") == 1
+    run_dir = Path(first.config.run_dir)
+    assert (run_dir / "recipe.yaml").is_file()
+    assert (run_dir / "logs" / "rank_0.log").read_text().count("training finished") == 1
+    (kept,) = (run_dir / "previous").iterdir()
+    assert (kept / "metrics.jsonl").read_text() == first_lines
+    assert (kept / "recipe.yaml").is_file() and (kept / "logs" / "rank_0.log").is_file()
 
 
 def test_frozen_parameters_stay_bit_identical(tiny_model_dir, tmp_path):
@@ -281,6 +291,9 @@ def test_huggingface_checkpoint_reloads_with_transformers(tiny_model_dir, tmp_pa
         "arctic_recipe.yaml",
     }
     assert not [p for p in out.parent.rglob("*") if "incomplete" in p.name or p.name.endswith(".old")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in out.iterdir() if p.is_file()} == {0o666 & ~umask}
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     probe = trainer.probe_logits()
     torch.testing.assert_close(

@@ -7,7 +7,10 @@
 - Under ZeRO-3 the parameters are partitioned while the model is built: Arctic registers
   the DeepSpeed config with transformers (`set_hf_deepspeed_config`), which then wraps
   construction in `deepspeed.zero.Init` and loads weights shard by shard.
-- Activation checkpointing (non-reentrant) is on unless `model.disable_activation_checkpoint`.
+- Activation checkpointing (non-reentrant): `model.disable_activation_checkpoint` true turns it off,
+  false turns it on; unset (the default) is *auto*: the trainer turns it on only when the estimated
+  activations of one micro-batch, with the training state, would not fit the device's available memory
+  (`choose_activation_checkpointing`), and logs the choice with the estimate.
 - `select_trainable` applies `model.trainable_parameters` / `model.frozen_parameters` globs.
 - PEFT adapters (`model.peft_config`) are added by the trainer after `transform_model`
   (`arctic_core.engine.peft`), not here.
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -111,20 +115,132 @@ def build_model(
             model = auto_class.from_pretrained(
                 config.name_or_path, config=hf_config, revision=config.revision, **common
             )
-    if not config.disable_activation_checkpoint:
+    if config.type == "liger":
+        from arctic_core.compat.liger import apply_liger
+        from arctic_core.engine.distributed import has_cuda
+
+        apply_liger(model, cuda=has_cuda(), log=logging.getLogger("arctic"))
+    if config.disable_activation_checkpoint is False:  # asked for; auto (None) is decided by the trainer
         enable_activation_checkpointing(model)
     return model
 
 
-def enable_activation_checkpointing(model: Any) -> None:
-    """Non-reentrant activation checkpointing of every layer (transformers 5 name, else the 4.x one)."""
+def enable_activation_checkpointing(model: Any) -> bool:
+    """Non-reentrant activation checkpointing of every layer (transformers 5 name, else the 4.x one).
+
+    Returns whether the model supports it (and so has it on now).
+    """
     if not getattr(model, "supports_gradient_checkpointing", False):
-        return
+        return False
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return True
+
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+HEADROOM = 0.8
+"""Activations plus training state must fit in this share of the available memory to leave checkpointing off."""
+
+
+def activation_bytes(
+    hf_config: Any, tokens: int, *, sequence: int, dtype: str, attn_implementation: str = "sdpa"
+) -> int:
+    """Estimated memory autograd keeps for one micro-batch of `tokens` tokens without checkpointing.
+
+    Per token and decoder layer (a Llama-shaped block), the tensors saved for backward: the two norms'
+    inputs and outputs (4 H), q/k/v before and after rotary embedding (2 (q + 2 kv)), the attention
+    output (q), the gated MLP's gate, up, activation and product (4 I); with eager attention also its
+    probabilities (heads x `sequence`). The loss keeps no logits (chunked). An estimate: real
+    models save a little more (norm statistics, masks, dropout).
+    """
+    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
+    layers = int(getattr(hf_config, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(hf_config, "num_attention_heads", 0) or 1)
+    kv_heads = int(getattr(hf_config, "num_key_value_heads", 0) or heads)
+    head_dim = int(getattr(hf_config, "head_dim", 0) or hidden // heads)
+    inter = int(getattr(hf_config, "intermediate_size", 0) or 4 * hidden)
+    q, kv = heads * head_dim, kv_heads * head_dim
+    per_token = 4 * hidden + 2 * (q + 2 * kv) + q + 4 * inter
+    if attn_implementation == "eager":
+        per_token += heads * sequence
+    return layers * tokens * per_token * BYTES.get(dtype, 4) + tokens * hidden * 4 * 4
+
+
+def training_state_bytes(params: int, *, dtype: str, zero_stage: int, dp_size: int) -> int:
+    """Weights, gradients and AdamW state of `params` parameters on one rank (fp32 master copy in bf16/fp16)."""
+    weight = grad = BYTES.get(dtype, 4)
+    optimizer = 8 + (4 if weight != 4 else 0)
+    shards = max(dp_size, 1)
+    return int(
+        params
+        * (
+            weight / (shards if zero_stage >= 3 else 1)
+            + grad / (shards if zero_stage >= 2 else 1)
+            + optimizer / (shards if zero_stage >= 1 else 1)
+        )
+    )
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory of `device`: the GPU's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def choose_activation_checkpointing(
+    asked: bool | None, *, activations: int, state: int, available: int
+) -> tuple[bool, str]:
+    """(on, why): `asked` True/False wins; None (auto) turns it on when activations + state > 80% available."""
+    gib = 2**30
+    estimate = (
+        f"estimated activations {activations / gib:.2f} GiB + training state {state / gib:.2f} GiB, "
+        f"{available / gib:.2f} GiB available"
+    )
+    if asked is not None:
+        return (
+            asked,
+            f"the recipe asks for it ({estimate})" if asked else "model.disable_activation_checkpoint",
+        )
+    if activations + state > HEADROOM * available:
+        return True, f"auto: {estimate}, would not fit"
+    return False, f"auto: {estimate}, fits"
+
+
+def apply_activation_checkpointing(
+    model: Any, config: Any, *, device: torch.device, zero_stage: int, dp_size: int
+) -> tuple[bool, str]:
+    """Decide activation checkpointing for the trained `model` of recipe `config`, turn it on if chosen.
+
+    The recipe asks with `model.disable_activation_checkpoint` (false: on, true: off) or with a key
+    that needs checkpoints (`activation_checkpoint_cpu_offload`); otherwise the estimate decides for a
+    micro-batch of `micro_batch_size` x `data.max_length` tokens. Returns (on, why) for the log.
+    """
+    disabled = config.model.disable_activation_checkpoint
+    asked = None if disabled is None else not disabled
+    if getattr(config, "activation_checkpoint_cpu_offload", False) and asked is None:
+        asked = True  # offloading checkpoints needs them
+    hf_config = getattr(model, "config", None)
+    activations = activation_bytes(
+        hf_config,
+        config.micro_batch_size * config.data.max_length,
+        sequence=config.data.max_length,
+        dtype=config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+    )
+    params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+    state = training_state_bytes(params, dtype=config.model.dtype, zero_stage=zero_stage, dp_size=dp_size)
+    on, why = choose_activation_checkpointing(
+        asked, activations=activations, state=state, available=available_bytes(device)
+    )
+    if on and not enable_activation_checkpointing(model):
+        return False, f"{why}; but {type(model).__name__} does not support it"
+    return on, why
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
