@@ -1,4 +1,4 @@
-"""The MLP speculator's formulation: teacher-forcing shift, published constants, tying, key names."""
+"""The speculators' formulations: teacher-forcing shift, published constants, the LSTM step, tying, names, recipe keys."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from arctic_speculator.modeling import MLPSpeculator
+from arctic_speculator.modeling import LSTMSpeculator, MLPSpeculator, build_speculator
 
 
 def speculator(**kwargs) -> MLPSpeculator:
@@ -54,9 +54,9 @@ def test_published_constants_and_a_step_written_out():
         logits = spec(hidden, ids)
         state = torch.nn.functional.linear(hidden, spec.proj[0].weight)
         state = state + spec.emb_weight / spec.state_weight * spec.emb[0].weight[ids[:, :5]]
-        state = torch.nn.functional.gelu(
-            torch.nn.functional.layer_norm(state, (24,), spec.ln[0].weight, spec.ln[0].bias, 1e-6)
-        )
+        # fms-extras' LayerNormParameterized as vLLM runs it: no mean subtraction, eps inside the root
+        normed = state / torch.sqrt(state.pow(2).mean(-1, keepdim=True) + 1e-6)
+        state = torch.nn.functional.gelu(normed * spec.ln[0].weight + spec.ln[0].bias)
         expected = state @ spec.head[0].weight.T
     torch.testing.assert_close(logits[0], expected)
 
@@ -81,3 +81,114 @@ def test_parameter_names_and_tying():
     assert tied.proj[0].weight.shape == (24, 16) and tied.proj[1].weight.shape == (24, 24)
     with pytest.raises(ValueError, match="n_predict >= 2"):
         MLPSpeculator(16, 50, n_predict=1, tie_weights=True)
+
+
+def rms(x, norm):
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight + norm.bias
+
+
+def test_sum_lstm_heads_written_out():
+    """ArcticTraining's sum_lstm: gates from proj(state) + a*emb(token), c = f*c + i*GELU(LN(cand)), s = GELU(LN(c))*o."""
+    torch.manual_seed(0)
+    spec = LSTMSpeculator(
+        16, 50, n_predict=3, method="sum_lstm", inner_dim=24, tie_weights=True, scale_input=True
+    )
+    hidden, ids = torch.randn(2, 5, 16), torch.randint(0, 50, (2, 7))
+    gelu, sig = torch.nn.functional.gelu, torch.sigmoid
+    a = math.sqrt((1 - spec.state_weight**2) * 24 / 2) / spec.state_weight
+    state = hidden / torch.sqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6) / math.sqrt(2)
+    cell = torch.zeros(2, 5, 24)
+    expected = []
+    for i in range(3):
+        p, tok = min(i, 1), ids[:, i : i + 5]
+        g = {
+            n: getattr(spec, f"{n}_proj")[p](state) + a * getattr(spec, f"{n}_emb")[0](tok)
+            for n in spec.GATES
+        }
+        cell = cell * sig(g["forget"]) + gelu(rms(g["cell"], spec.cell_ln[0])) * sig(g["input"])
+        state = gelu(rms(cell, spec.state_ln[0])) * sig(g["output"])
+        expected.append(state @ spec.head[0].weight.T)
+    with torch.no_grad():
+        torch.testing.assert_close(spec(hidden, ids), torch.stack(expected).detach(), atol=1e-5, rtol=1e-5)
+    assert spec.input_emb is not spec.forget_emb  # untied embeddings: four tables
+    assert spec.head[2].weight is spec.head[0].weight
+
+
+def test_sum_rnn_multistage_widths_and_arctictraining_parameter_names():
+    spec = build_speculator(
+        16,
+        50,
+        {
+            "method": "sum_rnn",
+            "n_predict": 3,
+            "inner_dim": "24.20",
+            "proj_dim": "24",
+            "emb_dim": "24",
+            "tie_weights": True,
+            "scale_input": False,
+        },
+    )
+    names = set(spec.state_dict())
+    assert {
+        "emb.0.0.weight",
+        "proj.0.0.weight",
+        "proj.1.0.weight",
+        "ln.0.0.weight",
+        "ln.0.2.weight",
+        "ln.0.3.bias",
+        "head.2.weight",
+    } <= names
+    assert not any(n.startswith(("emb.1", "proj.2", "ln.1")) for n in names)  # tied: one of each
+    assert spec.proj[1][0].weight.shape == (24, 20) and spec.head[0].weight.shape == (50, 20)
+    out = spec(torch.randn(1, 4, 16), torch.randint(0, 50, (1, 6)))
+    assert out.shape == (3, 1, 4, 50)
+    # emb_weight follows the embedding width, as ArcticTraining's
+    assert spec.emb_weight == pytest.approx(math.sqrt((1 - spec.state_weight**2) * 24 / 2))
+
+
+@pytest.mark.parametrize("method", ["mlp", "sum_rnn", "sum_lstm"])
+def test_greedy_draft_equals_teacher_forcing_on_its_own_drafts(method):
+    torch.manual_seed(3)
+    settings = {"method": method, "n_predict": 3, "inner_dim": 24, "tie_weights": True, "scale_input": True}
+    spec = build_speculator(16, 50, settings).eval()
+    h, x = torch.randn(4, 16), torch.randint(0, 50, (4,))
+    drafts = spec.draft(h, x)
+    tokens = torch.cat([x[:, None], drafts], dim=1)  # x_{t+1}, d_1, d_2, d_3
+    with torch.no_grad():
+        logits = spec(h[:, None], tokens)  # one position t, heads read x_{t+1} ... x_{t+1+i}
+    assert torch.equal(logits[:, :, 0].argmax(-1).T, drafts)
+
+
+def test_arctictraining_recipe_spellings_and_type_alias(tmp_path):
+    from arctic_core.errors import RecipeError
+    from arctic_core.recipe import load_recipe
+    from arctic_speculator.config import ArcticLSTMSpeculatorConfig
+
+    recipe = tmp_path / "at.yaml"
+    recipe.write_text(
+        "type: arctic-lstm-speculator\nmodel:\n  name_or_path: x\n  n_speculator_heads: 2\n"
+        "  speculator_width: 4096\n  speculator_tie_weights: true\n  speculator_scale_input: true\n"
+        "  tie_lstm_embs: true\n  method: sum_lstm\n  proj_dim: 4096\n  emb_dim: 4096\n"
+    )
+    config = load_recipe(recipe, []).config
+    assert isinstance(config, ArcticLSTMSpeculatorConfig)
+    m = config.model
+    assert (m.n_predict, m.inner_dim, m.tie_weights, m.scale_input, m.method) == (
+        2,
+        "4096",
+        True,
+        True,
+        "sum_lstm",
+    )
+    recipe.write_text("type: arctic-lstm-speculator\nmodel:\n  name_or_path: x\n")
+    assert load_recipe(recipe, []).config.model.method == "sum_rnn"  # ArcticTraining's default
+    assert load_recipe(recipe, ["model.emb_dim=4096"]).config.model.emb_dim == "4096"  # inner_dim 0: base's
+    for bad, key in [
+        ("model.method=sum_lstm", "model.tie_weights"),
+        ("model.speculator_width=oops", "model.inner_dim"),
+        (("model.emb_dim=32", "model.inner_dim=64"), "model.proj_dim"),
+        ("model.tie_lstm_embs=true", "model.tie_lstm_embs"),
+    ]:
+        with pytest.raises(RecipeError) as error:
+            load_recipe(recipe, [bad] if isinstance(bad, str) else list(bad))
+        assert key in str(error.value), (bad, str(error.value))

@@ -1,42 +1,185 @@
-"""Recipes of the `speculator` method.
+"""Recipes of the `speculator` method (and its ArcticTraining aliases).
 
 The speculator's shape goes in `[model]`, beside the base model it drafts for, as in
-ArcticTraining; the keys carry the names of the exported speculator config that vLLM and
-ArcticInference read (`n_predict`, `inner_dim`, `emb_dim`, `tie_weights`, `scale_input`).
-ArcticTraining's recipe spellings (`n_speculator_heads`, `speculator_width`,
-`speculator_tie_weights`, `speculator_scale_input`) are not accepted yet.
+ArcticTraining. Keys carry the names of the exported config that vLLM and ArcticInference read
+(`n_predict`, `inner_dim`, `proj_dim`, `emb_dim`, `tie_weights`, `scale_input`, `method`,
+`tie_lstm_embs`); ArcticTraining's recipe spellings are accepted for the same keys
+(`n_speculator_heads`, `speculator_width`, `speculator_tie_weights`, `speculator_scale_input`), and
+its recipe types `arctic-lstm-speculator` (default `method = "sum_rnn"`, as there) and `spec-decode`
+(the MLP speculator) are aliases of the method. `[generate]` sets up data generation (`arctic
+speculator generate`) and `[evaluate]` the acceptance and speculative-decoding evaluation.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
-from arctic_core.config import ModelConfig, TrainerConfig, at_least, setting
+from arctic_core.config import ModelConfig, SourceConfig, TrainerConfig, at_least, one_of, setting
+from arctic_core.errors import FieldError
+
+METHODS = ("mlp", "sum_rnn", "sum_lstm")
+
+
+def _widths(_: object, attribute: attrs.Attribute, value: Any) -> None:
+    """A width: an integer, or integers joined by '.' (ArcticTraining accepts both)."""
+    from arctic_speculator.modeling import parse_dims
+
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise FieldError(attribute.name, f"expected an integer or a string like '4096.4096', got {value!r}")
+    try:
+        parse_dims(value, 1)
+    except ValueError as exc:
+        raise FieldError(attribute.name, str(exc)) from None
 
 
 @attrs.frozen(kw_only=True)
 class SpeculatorModelConfig(ModelConfig):
     """[model] for a speculator: the frozen base model (`name_or_path`...) and the speculator's shape."""
 
+    __recipe_aliases__ = {
+        "n_speculator_heads": "n_predict",
+        "speculator_width": "inner_dim",
+        "speculator_tie_weights": "tie_weights",
+        "speculator_scale_input": "scale_input",
+    }
+
+    method: str = setting(
+        "mlp",
+        doc="Speculator: mlp (fms-extras MLP speculator), sum_rnn or sum_lstm (ArcticTraining's LSTM speculator).",
+        check=one_of(*METHODS),
+    )
     n_predict: int = setting(
-        3, doc="Speculator heads: tokens drafted after the base model's next one.", check=at_least(1)
+        3,
+        doc="Speculator heads: tokens drafted after the base model's next one (alias: n_speculator_heads).",
+        check=at_least(1),
     )
-    inner_dim: int = setting(
+    inner_dim: Any = setting(
         0,
-        doc="Width of the speculator's state (ArcticTraining: speculator_width); 0: the base model's hidden size.",
-        check=at_least(0),
+        doc="Width of the speculator's state, multi-stage as '4096.4096' for sum_rnn (alias: speculator_width); 0: the base hidden size.",
+        check=_widths,
     )
-    emb_dim: int = setting(
+    proj_dim: Any = setting(
         0,
-        doc="Width of the base hidden states the speculator reads; 0: the base model's hidden size (any other value must equal it).",
-        check=at_least(0),
+        doc="sum_rnn/sum_lstm: width of the state projections ('4096' or '4096.4096'); 0: inner_dim.",
+        check=_widths,
+    )
+    emb_dim: Any = setting(
+        0,
+        doc="sum_rnn/sum_lstm: width of the token embeddings; mlp: the base hidden size read (must equal it); 0: derived.",
+        check=_widths,
     )
     tie_weights: bool = setting(
-        False, doc="Share embedding, output layer and LayerNorm over all heads, and proj over heads >= 1."
+        False,
+        doc="Share embedding, norm and output layer over all heads, and proj over heads >= 1 (alias: speculator_tie_weights).",
     )
     scale_input: bool = setting(
-        False, doc="Normalise the base hidden state (LayerNorm without parameters) and divide by sqrt(2)."
+        False,
+        doc="Normalise the base hidden state (norm without parameters) and divide by sqrt(2) (alias: speculator_scale_input).",
     )
+    tie_lstm_embs: bool = setting(False, doc="sum_lstm: one embedding for all four gates.")
+
+    def __attrs_post_init__(self) -> None:
+        super_post = getattr(super(), "__attrs_post_init__", None)
+        if super_post is not None:
+            super_post()
+        if self.tie_weights and self.n_predict < 2:
+            raise FieldError("tie_weights", "needs n_predict >= 2")
+        for key in ("inner_dim", "proj_dim", "emb_dim"):  # one spelling: "4096", "4096.4096"
+            object.__setattr__(self, key, str(getattr(self, key)))
+        if self.method == "mlp":
+            for key in ("inner_dim", "emb_dim"):
+                if "." in getattr(self, key):
+                    raise FieldError(key, "multi-stage widths are for method sum_rnn, not mlp")
+        if self.method != "mlp":
+            self.check_lstm_widths()
+        if self.tie_lstm_embs and self.method != "sum_lstm":
+            raise FieldError("tie_lstm_embs", "applies to method sum_lstm only")
+
+    def check_lstm_widths(self) -> None:
+        """The LSTM speculator's widths fit together; with inner_dim 0 (the base's hidden size, unknown
+        here) only the options are checked, and the trainer checks the widths once the base is loaded."""
+        from arctic_speculator.modeling import check_lstm_shape, parse_dims
+
+        inner = parse_dims(self.inner_dim, 0)
+        if 0 in inner:
+            inner = [1]
+            proj, emb = [1], [1]
+        else:
+            proj = parse_dims(self.proj_dim, inner[0])
+            emb = parse_dims(self.emb_dim, proj[-1])
+        if self.method == "sum_lstm" and (
+            "." in self.proj_dim or "." in self.emb_dim or "." in self.inner_dim
+        ):
+            raise FieldError(
+                "method", "sum_lstm takes single-stage widths (multi-stage widths are for sum_rnn)"
+            )
+        try:
+            check_lstm_shape(self.method, inner, proj, emb, self.tie_weights, self.n_predict)
+        except ValueError as exc:
+            key = "tie_weights" if "tie" in str(exc) else "method" if "sum_lstm" in str(exc) else "proj_dim"
+            raise FieldError(key, str(exc)) from None
+
+    def speculator_settings(self) -> dict[str, object]:
+        """The keyword arguments of `arctic_speculator.modeling.build_speculator`."""
+        settings: dict[str, object] = {
+            "method": self.method,
+            "n_predict": self.n_predict,
+            "inner_dim": self.inner_dim,
+            "tie_weights": self.tie_weights,
+            "scale_input": self.scale_input,
+        }
+        if self.method != "mlp":
+            settings.update(proj_dim=self.proj_dim, emb_dim=self.emb_dim, tie_lstm_embs=self.tie_lstm_embs)
+        return settings
+
+
+@attrs.frozen(kw_only=True)
+class GenerateConfig:
+    """[generate]: the base model answers chat prompts; its answers become the training data."""
+
+    sources: list[SourceConfig] = setting(
+        factory=list, doc="Chat datasets whose conversations give the prompts."
+    )
+    output_dir: str = setting("speculator-data", doc="Folder of the generated dataset (jsonl shards).")
+    prompts: str = setting(
+        "chunks",
+        doc="chunks: the templated conversation cut into gen_prompt_length-token prompts (ArcticTraining); turns: one prompt per assistant turn.",
+        check=one_of("chunks", "turns"),
+    )
+    gen_prompt_length: int = setting(64, doc="Tokens per prompt chunk (prompts = chunks).", check=at_least(1))
+    max_tokens: int = setting(256, doc="Tokens generated per prompt.", check=at_least(1))
+    gen_temp: float = setting(1.0, doc="Sampling temperature; 0: greedy.", check=at_least(0.0))
+    top_k: int = setting(10, doc="Sample from the k most likely tokens (0: all).", check=at_least(0))
+    top_p: float = setting(1.0, doc="Nucleus sampling mass.", check=at_least(0.0))
+    ignore_eos: bool = setting(True, doc="Keep generating past end-of-sequence tokens (ArcticTraining).")
+    batch_size: int = setting(64, doc="Prompts per generate call.", check=at_least(1))
+    shard_size: int = setting(512, doc="Prompts per output shard (the unit of resuming).", check=at_least(1))
+    max_prompts: int = setting(0, doc="Use at most this many prompts (0: all).", check=at_least(0))
+    backend: str = setting(
+        "auto",
+        doc="hf (transformers generate), vllm, or auto (vLLM when installed and on CUDA).",
+        check=one_of("auto", "hf", "vllm"),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class EvaluateConfig:
+    """[evaluate]: per-head acceptance, tau and a real greedy speculative-decoding loop on held-out prompts."""
+
+    sources: list[SourceConfig] = setting(
+        factory=list, doc="Held-out chat data (default: data.eval_sources)."
+    )
+    speculator_path: str = setting(
+        "",
+        doc="Exported speculator folder; default: the run's `speculator` checkpoint (<run folder>/checkpoints/speculator).",
+    )
+    max_prompts: int = setting(
+        16, doc="Prompts evaluated (one per assistant turn, in order).", check=at_least(1)
+    )
+    max_new_tokens: int = setting(64, doc="Tokens decoded per prompt.", check=at_least(1))
+    output: str = setting("", doc="JSON results file; default <run folder>/speculator_eval.json.")
 
 
 @attrs.frozen(kw_only=True)
@@ -50,3 +193,20 @@ class SpeculatorConfig(TrainerConfig):
         doc="Rows per chunk of a head's output layer in the loss (bounds the logits' memory).",
         check=at_least(1),
     )
+    generate: GenerateConfig = setting(factory=GenerateConfig, doc="[generate] table.")
+    evaluate: EvaluateConfig = setting(factory=EvaluateConfig, doc="[evaluate] table.")
+
+
+@attrs.frozen(kw_only=True)
+class ArcticLSTMSpeculatorModelConfig(SpeculatorModelConfig):
+    """[model] of ArcticTraining's `arctic-lstm-speculator` recipes: method sum_rnn by default, as there."""
+
+    method: str = setting("sum_rnn", doc="Speculator: mlp, sum_rnn or sum_lstm.", check=one_of(*METHODS))
+
+
+@attrs.frozen(kw_only=True)
+class ArcticLSTMSpeculatorConfig(SpeculatorConfig):
+    """ArcticTraining's `type: arctic-lstm-speculator` recipe (an alias of `speculator`)."""
+
+    type: str = setting("arctic-lstm-speculator", doc="Method or registered trainer name.")
+    model: ArcticLSTMSpeculatorModelConfig = setting(doc="[model] table.")

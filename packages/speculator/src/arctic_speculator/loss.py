@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from arctic_core.engine.loop import IGNORE_INDEX
-from arctic_core.losses import chunked_cross_entropy_sum
+from arctic_core.losses import chunk_starts, chunked_cross_entropy_sum
 
 
 def num_positions(length: int, n_predict: int) -> int:
@@ -44,8 +44,8 @@ def trainable_positions(labels: torch.Tensor, n_predict: int) -> int:
 
 @torch.no_grad()
 def _correct(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> int:
-    correct = 0
-    for start in range(0, rows.shape[0], chunk_size):
+    correct = 0  # chunk_starts: under ZeRO-3 every rank calls the (partitioned) head as often
+    for start in chunk_starts(rows.shape[0], chunk_size, head, device=rows.device):
         part = slice(start, start + chunk_size)
         correct += int((head(rows[part]).argmax(-1) == targets[part]).sum())
     return correct
@@ -73,11 +73,8 @@ def speculator_loss(
         mask = targets != IGNORE_INDEX
         rows, wanted = state[mask], targets[mask]
         count = rows.shape[0]
-        if count:
-            head_sum = chunked_cross_entropy_sum(head, rows, wanted, chunk_size=chunk_size)
-        else:  # nothing to score: 0, still connected to the graph so that backward runs
-            head_sum = state.sum() * 0.0
-        total = total + head_sum
+        head_sum = chunked_cross_entropy_sum(head, rows, wanted, chunk_size=chunk_size)
+        total = total + head_sum + state.sum() * 0.0  # connected to the graph even with nothing to score
         metrics[f"head{i}_loss"] = float(head_sum.detach()) / max(count, 1)
         metrics[f"head{i}_accuracy"] = _correct(head, rows, wanted, chunk_size) / max(count, 1)
     return total / max(positions, 1), metrics

@@ -1,11 +1,28 @@
-"""Entry point of arctic-speculator: the `speculator` method (light imports only)."""
+"""Entry points of arctic-speculator: the `speculator` method and ArcticTraining's names for it (light imports only)."""
 
 from arctic_core.plugins import Method
 
 speculator = Method(
     name="speculator",
-    description="Speculators: train MLP draft heads on a frozen base model's hidden states (speculative decoding).",
+    description="Speculators: train MLP/LSTM draft heads on a frozen base model (speculative decoding).",
     config="arctic_speculator.config:SpeculatorConfig",
     trainer="arctic_speculator.trainer:SpeculatorTrainer",
+    commands="arctic_speculator.cli:commands",
+    core_version=">=0.1,<0.2",
+)
+
+arctic_lstm_speculator = Method(
+    name="arctic-lstm-speculator",
+    description="ArcticTraining's recipe type for `speculator` (method sum_rnn by default).",
+    config="arctic_speculator.config:ArcticLSTMSpeculatorConfig",
+    trainer="arctic_speculator.trainer:ArcticLSTMSpeculatorTrainer",
+    core_version=">=0.1,<0.2",
+)
+
+spec_decode = Method(
+    name="spec-decode",
+    description="ArcticTraining's older recipe type for `speculator` (the MLP speculator).",
+    config="arctic_speculator.config:SpeculatorConfig",
+    trainer="arctic_speculator.trainer:SpecDecodeTrainer",
     core_version=">=0.1,<0.2",
 )

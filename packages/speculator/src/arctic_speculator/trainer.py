@@ -1,12 +1,16 @@
 """Training a speculator on core's loop: the base model frozen, only the speculator's heads train.
 
-The trained module (`build_model`) is the `MLPSpeculator` itself; the base model is a frozen
+The trained module (`build_model`) is the speculator itself (`MLPSpeculator` or `LSTMSpeculator`); the base model is a frozen
 companion (`build_frozen_model`: no gradients, no optimizer state, never checkpointed). For each
 micro-batch the base model's last hidden states are computed under no-grad, then the speculator's
 heads run on them with the batch's own tokens (teacher forcing) and the loss is
 `arctic_speculator.loss.speculator_loss`: the sum over heads of the cross-entropy of head i on token
 t+2+i, per trainable position, with per-head loss and accuracy in every metrics line and in eval.
-Data: core's SFT pipeline (chat data); the targets are the dataset's own tokens.
+Data: core's SFT pipeline: chat data, or the pre-tokenized dataset `arctic speculator generate`
+writes (`process = false`); the targets are the dataset's own tokens. ZeRO-3 partitions the base
+model and the speculator alike; `arctic_speculator.export`'s `speculator` checkpoint writes the
+layout vLLM and ArcticInference load. ArcticTraining's recipe types are aliases:
+`arctic-lstm-speculator` (method sum_rnn by default) and `spec-decode`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Any, ClassVar
 
 import torch
 
+import arctic_speculator.export  # noqa: F401  (registers the `speculator` checkpoint type)
 from arctic_core.trainer import LossOutput, Trainer
-from arctic_speculator.config import SpeculatorConfig
+from arctic_speculator.config import ArcticLSTMSpeculatorConfig, SpeculatorConfig
 
 
 class SpeculatorTrainer(Trainer):
@@ -28,33 +33,22 @@ class SpeculatorTrainer(Trainer):
     def build_model(self) -> torch.nn.Module:
         """The frozen base model (kept as `self.base`) and a fresh speculator sized from it."""
         from arctic_core.errors import RecipeError
-        from arctic_core.losses import backbone_and_head
-        from arctic_speculator.modeling import MLPSpeculator
+        from arctic_speculator.modeling import build_speculator
 
-        if self.zero_stage == 3:
-            raise RecipeError(
-                "ZeRO-3 is not supported by the speculator yet (first cut); use stage 0, 1 or 2",
-                path="deepspeed.zero_optimization.stage",
-            )
         cfg = self.config.model
         self.base = self.build_frozen_model()
-        head: Any = backbone_and_head(self.base.module)[1]
-        vocab_size, hidden_size = (int(n) for n in head.weight.shape)
-        if cfg.emb_dim not in (0, hidden_size):
+        vocab_size, hidden_size = base_shape(self.base.module)
+        if cfg.method == "mlp" and int(cfg.emb_dim) not in (0, hidden_size):
             raise RecipeError(
                 f"is {cfg.emb_dim}, but the base model's hidden size is {hidden_size} (0 takes it)",
                 path="model.emb_dim",
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            speculator = MLPSpeculator(
-                hidden_size,
-                vocab_size,
-                n_predict=cfg.n_predict,
-                inner_dim=cfg.inner_dim,
-                tie_weights=cfg.tie_weights,
-                scale_input=cfg.scale_input,
-            )
+            try:
+                speculator = build_speculator(hidden_size, vocab_size, cfg.speculator_settings())
+            except ValueError as exc:
+                raise RecipeError(str(exc), path="model") from None
         dtype = next(self.base.module.parameters()).dtype
         return speculator.to(dtype)
 
@@ -85,3 +79,22 @@ class SpeculatorTrainer(Trainer):
             states, list(module.head), batch["labels"], chunk_size=self.config.loss_chunk_size
         )
         return LossOutput(loss, metrics=metrics)
+
+
+def base_shape(model: torch.nn.Module) -> tuple[int, int]:
+    """(vocabulary size, hidden size) of a causal LM, from its config (whole even under ZeRO-3)."""
+    config: Any = model.config
+    return int(config.vocab_size), int(config.hidden_size)
+
+
+class ArcticLSTMSpeculatorTrainer(SpeculatorTrainer):
+    """ArcticTraining's `type: arctic-lstm-speculator`: the same method, method sum_rnn by default."""
+
+    name = "arctic-lstm-speculator"
+    config_class: ClassVar[type[SpeculatorConfig]] = ArcticLSTMSpeculatorConfig  # type: ignore[assignment]
+
+
+class SpecDecodeTrainer(SpeculatorTrainer):
+    """ArcticTraining's older `type: spec-decode` (the MLP speculator)."""
+
+    name = "spec-decode"
