@@ -39,9 +39,11 @@ Two ZeRO-3 rules (`zero3_head`): every call of a partitioned head is a collectiv
 the same number of chunks (the count is all-reduced; a rank with fewer rows runs empty chunks), and a
 frozen partitioned head is called through `_FrozenHead`, which saves nothing for backward and gathers
 its weight there itself (checkpointing would otherwise save the parameter, which ZeRO-3 releases
-after the recompute's forward, and refuse the recompute). The fused path gathers a partitioned
-weight once per call, around all its chunks (`arctic_core.gather.gathered_parameters`), and needs
-nothing of it in backward.
+after the recompute's forward, and refuse the recompute). The fused path gathers a frozen
+partitioned weight once per call, around all its chunks (`arctic_core.gather.gathered_parameters`),
+and needs nothing of it in backward; a trainable one runs the fused loss as the head module's own
+call, so that ZeRO-3's module hooks gather the weight for the forward and again when its saved
+gradient is accumulated (`_fused_as_module_call`).
 """
 
 from __future__ import annotations
@@ -310,15 +312,30 @@ def linear_cross_entropy_rows(
 
 
 def fusable_head(head: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
-    """Whether the fused path serves `head`: a plain linear layer, frozen if ZeRO-3 partitions it.
+    """Whether the fused path serves `head`: a plain linear layer (partitioned by ZeRO-3 or not)."""
+    return isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
 
-    A *trainable* partitioned weight keeps the checkpointed chunks: ZeRO-3 accumulates a parameter's
-    gradient only while its module's backward hooks hold it gathered, and a gradient handed to the
-    released (empty) parameter from outside the module fails in autograd's accumulation.
+
+def _fused_as_module_call(
+    head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, **options: Any
+) -> Any:
+    """The fused loss run as the head's own forward, for a *trainable* ZeRO-3 partitioned head.
+
+    ZeRO-3 accumulates a parameter's gradient only while its module's hooks hold it gathered: its
+    pre-forward hook gathers the weight for the fused forward, and the backward hook it puts on the
+    module's output (here the loss) gathers it again before the saved weight gradient is handed to
+    it, then reduce-scatters it. A gradient handed to the released parameter from outside the
+    module would fail autograd's accumulation (shape 0 against V x H).
     """
-    if not isinstance(head, torch.nn.Linear) or type(head).forward is not torch.nn.Linear.forward:
-        return False
-    return not (zero3_head(head) and any(p.requires_grad for p in head.parameters()))
+
+    def forward(rows: torch.Tensor) -> torch.Tensor:
+        return fused_linear_cross_entropy(rows, head.weight, targets, head.bias, **options)
+
+    head.forward = forward  # type: ignore[method-assign]
+    try:
+        return head(hidden)
+    finally:
+        del head.forward
 
 
 @contextmanager
@@ -352,10 +369,11 @@ def chunked_cross_entropy_sum(
     """
     scale, cap = logit_transform(config)
     if fusable_head(head):
+        options = {"chunk_size": chunk_size, "scale": scale, "softcap": cap}
+        if zero3_head(head) and torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
+            return _fused_as_module_call(head, hidden, targets, **options)  # type: ignore[no-any-return]
         with whole_head(head):
-            return fused_linear_cross_entropy(
-                hidden, head.weight, targets, head.bias, chunk_size=chunk_size, scale=scale, softcap=cap
-            )
+            return fused_linear_cross_entropy(hidden, head.weight, targets, head.bias, **options)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in chunk_starts(hidden.shape[0], chunk_size, head, device=hidden.device):
         part = slice(start, start + chunk_size)
