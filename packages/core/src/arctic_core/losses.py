@@ -331,7 +331,7 @@ def _fused_as_module_call(
     def forward(rows: torch.Tensor) -> torch.Tensor:
         return fused_linear_cross_entropy(rows, head.weight, targets, head.bias, **options)
 
-    head.forward = forward  # type: ignore[method-assign]
+    head.forward = forward  # type: ignore[method-assign,assignment]
     try:
         return head(hidden)
     finally:
@@ -369,7 +369,7 @@ def chunked_cross_entropy_sum(
     """
     scale, cap = logit_transform(config)
     if fusable_head(head):
-        options = {"chunk_size": chunk_size, "scale": scale, "softcap": cap}
+        options: dict[str, Any] = {"chunk_size": chunk_size, "scale": scale, "softcap": cap}
         if zero3_head(head) and torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
             return _fused_as_module_call(head, hidden, targets, **options)  # type: ignore[no-any-return]
         with whole_head(head):
