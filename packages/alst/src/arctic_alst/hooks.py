@@ -1,0 +1,83 @@
+"""What the `alst` feature does to a run (core calls these hooks; see arctic_core.features).
+
+- `parallel_sizes`: `sequence_parallel_size` = S, so core forms sequence-parallel groups of S
+  ranks (its topology), deals each group the same micro-batches and hands DeepSpeed the groups.
+- `transform_model`: checks the heads against S and routes attention through Ulysses
+  (`arctic_alst.ulysses`); tiles the MLPs (`arctic_alst.tiling`); offloads each checkpointed
+  layer input to CPU (`arctic_alst.offload`).
+- `prepare_batch`: this rank's slice of every micro-batch (`arctic_alst.sharding`), with counts
+  that keep core's token-weighted loss exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from arctic_core.errors import RecipeError
+from arctic_core.features import FeatureHooks
+
+
+class ALSTHooks(FeatureHooks):
+    @property
+    def sp(self) -> int:
+        return int(self.config.sequence_parallel_size)  # type: ignore[attr-defined]
+
+    def check(self) -> None:
+        from arctic_alst.ulysses import SUPPORTED
+
+        config: Any = self.config
+        if self.sp > 1:
+            if config.model.attn_implementation not in SUPPORTED:
+                raise RecipeError(
+                    f"is {config.model.attn_implementation!r}; sequence parallelism supports {', '.join(SUPPORTED)}",
+                    path="model.attn_implementation",
+                )
+            if getattr(config.generation_eval, "path", None) is not None:
+                raise RecipeError(
+                    "cannot run with sequence_parallel_size > 1 (generation is not sequence-parallel)",
+                    path="generation_eval.path",
+                )
+        if config.activation_checkpoint_cpu_offload and config.model.disable_activation_checkpoint:
+            raise RecipeError(
+                "needs activation checkpointing, which model.disable_activation_checkpoint turns off",
+                path="activation_checkpoint_cpu_offload",
+            )
+
+    def parallel_sizes(self) -> dict[str, int]:
+        return {"sequence_parallel_size": self.sp} if self.sp > 1 else {}
+
+    def transform_model(self, trainer: Any, model: Any) -> torch.nn.Module:
+        config: Any = self.config
+        if self.sp > 1:
+            from arctic_alst import ulysses
+
+            ulysses.check_heads(model.config, self.sp)
+            attention = ulysses.install(trainer.groups.sp_group, self.sp, model.config._attn_implementation)
+            attention.track(model)
+            trainer.log.info("Ulysses sequence parallelism over %d ranks", self.sp)
+        if config.tiled_mlp_compute:
+            from arctic_alst.tiling import tile_mlps
+
+            if not tile_mlps(model):
+                raise RecipeError(
+                    "found no gated MLP (gate/up/down projections) to tile", path="tiled_mlp_compute"
+                )
+        if config.activation_checkpoint_cpu_offload:
+            from arctic_alst.offload import offload_checkpoints
+
+            if not offload_checkpoints(model):
+                raise RecipeError(
+                    "found no checkpointing decoder layer in this model",
+                    path="activation_checkpoint_cpu_offload",
+                )
+        return model
+
+    def prepare_batch(self, trainer: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.sp == 1:
+            return batch
+        from arctic_alst.sharding import shard_batch
+
+        pad = getattr(trainer.tokenizer, "pad_token_id", None)
+        return shard_batch(batch, self.sp, trainer.topology.sp_rank, pad_id=pad if pad is not None else 0)
