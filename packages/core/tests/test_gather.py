@@ -5,7 +5,9 @@ pairs is split unevenly over 2 spawned ranks; each rank encodes its half with th
 encoder, gathers every rank's document embeddings, and backpropagates w_r times its InfoNCE loss
 (mean over its q_r local queries against all Q documents; w_r = q_r/Q). The encoder gradients,
 summed over ranks, must equal the gradient of the one-rank loss on the whole global batch. The
-same two ranks copy parameters partitioned over both of them (`init_parameters_from`, ZeRO-3).
+same two ranks copy parameters partitioned over both of them (`init_parameters_from`, ZeRO-3), and
+sum partial scores with `all_reduce_sum_with_grad` the way DPO does under sequence parallelism (each
+rank a slice of every sequence, the same loss and weight on both): summed gradients = one rank's.
 The other ZeRO-3 tests run on one rank with DeepSpeed's CPU accelerator, on parameters built under
 `deepspeed.zero.Init` (partitioned: empty until gathered).
 """
@@ -23,6 +25,7 @@ from arctic_core.engine import distributed
 from arctic_core.gather import (
     all_gather_detached,
     all_gather_with_grad,
+    all_reduce_sum_with_grad,
     gathered_parameters,
     gathered_state_dict,
     init_parameters_from,
@@ -84,6 +87,38 @@ def rank_scenario(rank: int, sizes: tuple[int, int]) -> dict[str, torch.Tensor]:
     return grads
 
 
+def partial_scores(model: torch.nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-sequence scores `[rows]`: the sum over the given positions of a per-token score."""
+    return torch.tanh(model(tokens)).sum(dim=(1, 2))
+
+
+def score_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Nonlinear in the whole sequences' scores (as DPO's log-sigmoid of their differences)."""
+    return -F.logsigmoid(scores[0] - scores[1]) + scores[2] ** 2
+
+
+def summed_scores_grads(rank: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """3 sequences of 7 positions; rank r of 2 holds positions [4r, 4r+4); None: one rank, all of them."""
+    model = encoder()
+    tokens = torch.randn(3, 7, WIDTH, generator=torch.Generator().manual_seed(7))
+    if rank is None:
+        scores = partial_scores(model, tokens)
+        score_loss(scores).backward()
+        return scores.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    scores = all_reduce_sum_with_grad(partial_scores(model, tokens[:, 4 * rank : 4 * rank + 4]))
+    with torch.no_grad():
+        detached = all_reduce_sum_with_grad(partial_scores(model, tokens[:, 4 * rank : 4 * rank + 4]))
+    assert not detached.requires_grad
+    torch.testing.assert_close(detached, scores.detach(), atol=0, rtol=0)
+    (score_loss(scores) * 0.5).backward()  # the same weight w on both ranks: w / N = 1/2
+    grads = {}
+    for name, param in model.named_parameters():
+        assert param.grad is not None
+        torch.distributed.all_reduce(param.grad)
+        grads[name] = param.grad
+    return scores.detach(), grads
+
+
 def rank_zero3() -> dict[str, dict[str, torch.Tensor]]:
     """`init_parameters_from` between parameters partitioned over both ranks; their gathered states."""
     import deepspeed
@@ -107,6 +142,7 @@ def rank_main(rank: int, port: int, out: str) -> None:
         ids = torch.arange(rank * 10, rank * 10 + 2 + rank).unsqueeze(1).expand(-1, 3)  # 2 and 3 rows
         results["detached"] = all_gather_detached(ids.float().requires_grad_())
         results["zero3"] = rank_zero3()
+        results["summed"] = summed_scores_grads(rank)
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -130,6 +166,11 @@ def test_two_ranks_all_gather_gives_the_one_rank_gradient_and_zero3_copies(tmp_p
     detached = results["detached"]
     assert not detached.requires_grad
     assert detached[:, 0].tolist() == [0, 1, 10, 11, 12]
+    scores, grads = results["summed"]
+    expected_scores, expected_grads = summed_scores_grads(None)
+    torch.testing.assert_close(scores, expected_scores, atol=1e-6, rtol=1e-6)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-6, msg=f"summed {name}")
     copied, fresh = results["zero3"], seeded_linear(2).state_dict()
     assert copied["dst"].keys() == copied["src"].keys() == fresh.keys()
     for name, value in copied["src"].items():
@@ -143,6 +184,7 @@ def test_one_rank_all_gather_is_the_tensor_itself():
     torch.testing.assert_close(x.grad, torch.full((3, 4), 2.0))
     gathered = all_gather_detached(x)
     assert not gathered.requires_grad and torch.equal(gathered, x.detach())
+    assert all_reduce_sum_with_grad(x) is x
 
 
 # ZeRO-3 helpers (one rank, DeepSpeed's CPU accelerator).

@@ -8,6 +8,8 @@ held the whole gathered tensor, and with the per-rank weights w_r of the global 
 (L = sum_r w_r·L_r, e.g. w_r = q_r/Q for q_r local queries out of Q), the sum over ranks of each
 rank's parameter gradient is the one-rank gradient of L on the global batch. DeepSpeed averages
 gradients over ranks, so a trainer scales each rank's loss by w_r·R (see docs/losses.md).
+`all_reduce_sum_with_grad(x, group)` sums partial results over a group (forward and backward: an
+all-reduce), e.g. per-sequence log-probs over a sequence-parallel group.
 
 Under ZeRO-3 each rank holds a slice of every parameter. `gathered_parameters` makes some whole
 for the length of a block (`deepspeed.zero.GatheredParameters`; changes made on `modifier_rank`
@@ -76,6 +78,44 @@ def all_gather_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.Tenso
     if size == 1:
         return tensor
     result: torch.Tensor = _AllGatherWithGrad.apply(tensor, group)
+    return result
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.detach().clone().contiguous()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total, None
+
+
+def all_reduce_sum_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """`x_0 + ... + x_{R-1}` over the group's ranks, on every rank; backward: the summed gradient.
+
+    For partial sums spread over ranks (a sequence's log-prob when each rank of a sequence-parallel
+    group holds a slice of it). Backward hands each rank the sum over all ranks of the gradients wrt
+    the result (the adjoint of the all-reduce), so sum_r L_r(sum) backpropagates exactly as on one
+    rank. When every rank computes the same loss L from the sum with the same weight w (so the
+    loop's weights count the group's S ranks: N includes S·w), the gradients summed over the group
+    are S·(w/N)·dL = (w/(N/S))·dL: the one-rank gradient. Without grad (or without a group of more
+    than one rank) it is a plain sum (the tensor itself on one rank). Every rank of the group must
+    call it, and run backward when it is differentiated.
+    """
+    _, size = _group_rank_and_size(group)
+    if size == 1:
+        return tensor
+    if not (torch.is_grad_enabled() and tensor.requires_grad):
+        total = tensor.detach().clone().contiguous()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+    result: torch.Tensor = _AllReduceSumWithGrad.apply(tensor, group)
     return result
 
 

@@ -19,6 +19,15 @@ seeded initialisation), as a frozen companion (`Trainer.build_frozen_model`: no 
 partitioned like the policy under ZeRO-3, never checkpointed). With `precompute_ref_log_probs`
 it scores every train and eval pair once, before the loaders exist, the scores become dataset
 columns, and it is freed.
+
+Under sequence parallelism (arctic-alst, `sequence_parallel_size` = S > 1) each rank of a group
+holds a slice of every row, so its sums are partial: `sequence_parallel_sum` adds them over the
+group (`arctic_core.gather.all_reduce_sum_with_grad`, whose backward is the summed gradient),
+for the policy, the reference and the answer lengths, before the loss. Every rank of a group then
+computes the same loss and statistics with the same weight (its pairs), so the loop's mean over
+all ranks and DeepSpeed's gradient reduction give exactly the unsharded step. Precomputing the
+reference's scores runs before the model (and Ulysses attention) is set up: on whole rows, each
+rank a share of the pairs.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from arctic_core.gather import all_reduce_sum_with_grad
 from arctic_core.losses import sequence_log_probs
 from arctic_core.trainer import LossOutput
 from arctic_sft.dpo_config import DPOConfig
@@ -93,7 +103,7 @@ class DPOTrainer(SFTTrainer):
         for i in range(rounds):  # every rank runs as many forwards (ZeRO-3 gathers collectively)
             indices = mine[i * mbs : (i + 1) * mbs] or [0]
             batch = to_device(self.collate([dataset[j] for j in indices]), self.device)
-            chosen, rejected = self._reference_forward(batch)
+            chosen, rejected = self._reference_forward(batch, sharded=False)
             if mine[i * mbs : (i + 1) * mbs]:
                 scores[indices] = torch.stack([chosen, rejected], dim=1).double()
         if world > 1:
@@ -111,13 +121,29 @@ class DPOTrainer(SFTTrainer):
 
     # --- the loss -----------------------------------------------------------------------------
 
-    def _reference_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence_parallel_sum(self, partial: torch.Tensor) -> torch.Tensor:
+        """Per-row sums over this rank's sequence-parallel group (each rank holds a slice of every row).
+
+        Differentiable: the backward hands each rank's partial the gradient summed over the group
+        (see `arctic_core.gather.all_reduce_sum_with_grad`). Without sequence parallelism: `partial`.
+        """
+        topology = getattr(self, "topology", None)
+        if topology is None or topology.sequence_parallel_size == 1:
+            return partial
+        return all_reduce_sum_with_grad(partial, self.groups.sp_group)
+
+    def _reference_forward(
+        self, batch: dict[str, Any], *, sharded: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's (chosen, rejected) sums; `sharded`: a prepared batch (summed over the group)."""
         if self.reference is None:
             raise RuntimeError("the reference model was freed after precompute_ref_log_probs")
         with torch.no_grad():
             sums, _ = sequence_log_probs(
                 self.reference.module, batch, chunk_size=self.config.loss_chunk_size, call=self.reference
             )
+            if sharded:
+                sums = self.sequence_parallel_sum(sums)
         pairs = sums.shape[0] // 2
         return sums[:pairs], sums[pairs:]
 
@@ -126,6 +152,7 @@ class DPOTrainer(SFTTrainer):
         sums, counts = sequence_log_probs(
             self.model, batch, chunk_size=self.config.loss_chunk_size, call=self.engine
         )
+        sums, counts = self.sequence_parallel_sum(sums), self.sequence_parallel_sum(counts)
         pairs = sums.shape[0] // 2
         if REF_COLUMNS[0] in batch:
             ref = torch.stack([batch[REF_COLUMNS[0]], batch[REF_COLUMNS[1]]]).to(sums)
@@ -158,7 +185,7 @@ class DPOTrainer(SFTTrainer):
         return losses, stats.double()
 
     def micro_batch_weight(self, batch: dict[str, Any]) -> float:
-        """Pairs: the loss is a mean over pairs."""
+        """Pairs: the loss is a mean over pairs (under sequence parallelism, each rank of a group counts them)."""
         return float(batch["num_pairs"])
 
     def loss(self, batch: dict[str, Any]) -> LossOutput:
