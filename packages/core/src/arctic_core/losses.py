@@ -69,7 +69,9 @@ ChunkKL = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 def backbone_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The decoder stack and the output layer of a transformers causal LM."""
+    """The decoder stack and the output layer of a transformers causal LM (inside a PEFT wrapper too)."""
+    if callable(getattr(model, "get_base_model", None)):  # a PeftModel: its attributes reach the
+        model = model.get_base_model()  # wrapped model's, and `model.model` would be the whole LM
     base = getattr(model, "base_model_prefix", "")
     backbone = getattr(model, base, None) if base else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

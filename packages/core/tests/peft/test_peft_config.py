@@ -120,7 +120,9 @@ def test_missing_peft_exits_2_naming_the_extra_before_the_model_loads(tmp_path: 
     assert "pip install 'arctic-core[peft]'" in output
     assert "model.peft_config" in output
     assert "Traceback" not in output
-    assert "no-such-model" not in output  # stopped before the model (or its tokenizer) was looked for
+    # stopped before the model was looked for: its missing folder is reported by the same checks
+    assert "model.name_or_path" in output and "does not exist" in output
+    assert "OSError" not in output and "HFValidationError" not in output
 
 
 def test_weight_reading_lora_init_is_refused_under_zero3_only() -> None:
