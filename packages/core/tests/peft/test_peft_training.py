@@ -72,7 +72,12 @@ def logits_of(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> PeftTestTrainer:
-    return run(tiny_model_dir, tmp_path_factory.mktemp("lora") / "run")
+    # checkpointing on (auto would leave it off at this size): adapters inside checkpointed layers
+    return run(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("lora") / "run",
+        model={"disable_activation_checkpoint": False},
+    )
 
 
 def test_only_adapter_parameters_train_and_enter_the_optimizer(lora_run: PeftTestTrainer) -> None:
