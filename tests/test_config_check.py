@@ -48,6 +48,8 @@ BAD = [
     (["zero_stage=3"], "zero_stage", "deepspeed.zero_optimization.stage"),
     (["scheduler.name=cosinus"], "scheduler.name", "cosine"),
     (["code=no_such_trainer.py"], "code", "no_such_trainer.py"),
+    (["tokenizer.tokenize_kwargs={add_special_tokens=true}"], "tokenizer.tokenize_kwargs", "remove this key"),
+    (["data.type=nope"], "data.type", "not an installed method"),
 ]
 
 

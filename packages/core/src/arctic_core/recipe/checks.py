@@ -212,6 +212,24 @@ def check_inputs(config: TrainerConfig) -> Iterator[Problem]:
         yield "generation_eval.path", f"{evaluation.path} does not exist"
 
 
+def check_unread_keys(config: TrainerConfig) -> Iterator[Problem]:
+    """Keys that exist for ArcticTraining's recipes but that Arctic cannot honour: refused, not ignored."""
+    from arctic_core import plugins
+
+    if config.tokenizer.tokenize_kwargs:
+        yield (
+            "tokenizer.tokenize_kwargs",
+            "Arctic tokenizes through the chat template with fixed settings (no special tokens added, "
+            "no truncation; data.max_length filters); remove this key",
+        )
+    factory = config.data.type
+    if factory is not None and factory != config.type and factory not in plugins.method_names():
+        yield (
+            "data.type",
+            f"{factory!r} is not an installed method; Arctic reads the data as `type` ({config.type!r}) does",
+        )
+
+
 def preflight(
     config: TrainerConfig,
     *,
@@ -227,7 +245,7 @@ def preflight(
     """
     problems: list[Problem] = []
     problems.extend(check_precision(config, warn))
-    for check in (check_peft, check_checkpoints, check_inputs):
+    for check in (check_peft, check_checkpoints, check_inputs, check_unread_keys):
         problems.extend(check(config))
     problems.extend(check_deepspeed(config, world_size))
     hook: Any = getattr(trainer, "check_config", None)
