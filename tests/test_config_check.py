@@ -49,7 +49,7 @@ BAD = [
     (["scheduler.name=cosinus"], "scheduler.name", "cosine"),
     (["code=no_such_trainer.py"], "code", "no_such_trainer.py"),
     (["tokenizer.tokenize_kwargs={add_special_tokens=true}"], "tokenizer.tokenize_kwargs", "remove this key"),
-    (["data.type=nope"], "data.type", "not an installed method"),
+    (["data.type=nope"], "data.type", "not a method"),
 ]
 
 

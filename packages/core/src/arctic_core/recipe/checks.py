@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from arctic_core.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -222,11 +224,22 @@ def check_unread_keys(config: TrainerConfig) -> Iterator[Problem]:
             "Arctic tokenizes through the chat template with fixed settings (no special tokens added, "
             "no truncation; data.max_length filters); remove this key",
         )
-    factory = config.data.type
-    if factory is not None and factory != config.type and factory not in plugins.method_names():
+    from arctic_core.config import DataConfig
+
+    factory = config.data.type  # a method with its own [data] class (embed) checks its own values
+    own = (
+        attrs.fields_dict(type(config.data))["type"].metadata
+        == attrs.fields_dict(DataConfig)["type"].metadata
+    )
+    known = {
+        config.type,
+        *plugins.method_names(),
+        *plugins.ARCTIC_METHODS,
+    }  # ArcticTraining names its factory
+    if own and factory is not None and factory not in known:
         yield (
             "data.type",
-            f"{factory!r} is not an installed method; Arctic reads the data as `type` ({config.type!r}) does",
+            f"{factory!r} is not a method; Arctic reads the data as `type` ({config.type!r}) does",
         )
 
 
