@@ -145,6 +145,7 @@ def rank_main(rank: int, port: int, out: str) -> None:
         results["summed"] = summed_scores_grads(rank)
         if rank == 0:
             torch.save(results, out)
+        torch.distributed.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         torch.distributed.destroy_process_group()
 

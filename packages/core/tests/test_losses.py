@@ -481,6 +481,7 @@ def zero3_rank_main(rank: int, port: int, out: str) -> None:
             for other in (0, 5)
         }
         torch.save(results, f"{out}.{rank}")
+        torch.distributed.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         torch.distributed.destroy_process_group()
 
