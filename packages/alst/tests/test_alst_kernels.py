@@ -6,15 +6,12 @@ fresh process (CPU tensors, small shapes, a vocabulary that is not a multiple of
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from arctic_alst.kernels import cross_entropy_value_and_grad, tiled_cross_entropy
+from arctic_core.testing import run_in_triton_interpreter
 
 
 def rows(n: int = 9, vocab: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +55,4 @@ print("ok")
 
 @pytest.mark.slow
 def test_triton_kernel_matches_the_reference_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    assert run_in_triton_interpreter(CHECK).strip().endswith("ok")

@@ -8,9 +8,6 @@ interpreter in a fresh process (`TRITON_INTERPRET=1` must be set before triton i
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from types import SimpleNamespace
 
@@ -19,6 +16,7 @@ import torch
 
 from arctic_core.kernels import ce_value_and_grad_
 from arctic_core.losses import chunked_cross_entropy_sum, fused_linear_cross_entropy, token_log_probs
+from arctic_core.testing import run_in_triton_interpreter
 
 ROWS, HIDDEN, VOCAB = 23, 16, 50
 CLOSE = {"atol": 1e-6, "rtol": 1e-5}
@@ -177,9 +175,4 @@ TRITON_CHECK = textwrap.dedent(
 
 def test_triton_kernel_matches_the_reference_under_the_interpreter():
     """Several blocks and a partial one, scale and soft-cap, an ignored row, value-only, 0 rows."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "triton ok" in done.stdout
+    assert "triton ok" in run_in_triton_interpreter(TRITON_CHECK, timeout=180)

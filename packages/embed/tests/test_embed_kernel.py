@@ -8,13 +8,11 @@ below) that checks nothing had imported triton, then sets it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from arctic_core.testing import run_in_triton_interpreter
 from arctic_embed.kernels import KernelUnavailable, resolve_kernel
 
 pytest.importorskip("triton")
@@ -69,16 +67,8 @@ print("RESULT " + json.dumps(out))
 
 
 def test_triton_block_matches_the_reference_in_the_interpreter():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK],
-        env={**env, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    stdout = run_in_triton_interpreter(CHECK)
+    out = json.loads(next(x for x in stdout.splitlines() if x.startswith("RESULT "))[7:])
     assert out["kernel"] == "triton"
     assert len(out["blocks"]) == 3 and len(out["loss"]) == 2
     for errors in out["blocks"] + out["loss"]:

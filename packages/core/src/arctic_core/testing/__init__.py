@@ -40,7 +40,7 @@ from arctic_core.testing.models import (
     tiny_tokenizer,
     write_chat_task,
 )
-from arctic_core.testing.runs import arctic, read_metrics
+from arctic_core.testing.runs import arctic, read_metrics, run_in_triton_interpreter
 
 __all__ = [
     "BOS_TOKEN",
@@ -58,6 +58,7 @@ __all__ = [
     "preference_rows",
     "prompt_completion_rows",
     "read_metrics",
+    "run_in_triton_interpreter",
     "save_tiny_model",
     "save_tokenizer_files",
     "sharegpt_conversations",

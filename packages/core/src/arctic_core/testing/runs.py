@@ -29,6 +29,21 @@ def arctic(*args: str, cwd: str | Path, env: dict[str, str] | None = None, timeo
     return output
 
 
+def run_in_triton_interpreter(script: str, *, timeout: int = 300) -> str:
+    """Run `python -c SCRIPT` in a fresh interpreter with `TRITON_INTERPRET=1`; returns its stdout.
+
+    Triton reads `TRITON_INTERPRET` when it is first imported, so a kernel test that runs Triton
+    kernels on a CPU needs a process of its own. A non-zero exit fails the calling test with the
+    end of the script's stderr.
+    """
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The JSON lines of a metrics file (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
