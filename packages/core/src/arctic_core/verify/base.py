@@ -1,0 +1,179 @@
+"""What a verify check is: variants of the recipe to run, and how to compare their results.
+
+A `Check` names the short runs it needs (`Variant`s: recipe overrides, ranks, steps, what to
+record) and turns their results (`VariantResult`s) into one table `Row`. Core's checks live in
+`arctic_core.verify.checks`; a method or feature package contributes more through the `verify`
+field of its `Method` / `Feature` (a `"module:function"` returning a list of checks).
+
+Light imports only: this module is what a plugin's verify module imports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+Status = Literal["PASS", "FAIL", "SKIP", "REPORT"]
+
+COMPARE_RTOL = 1e-5
+"""Relative tolerance of the comparison checks (packing, accumulation, ranks; docs/verify.md)."""
+
+
+@attrs.frozen(kw_only=True)
+class Variant:
+    """One short run of the recipe, described so that a worker process can run it.
+
+    `whole_batch`: the step holds the whole verify sample set (after packing), split over the
+    data-parallel ranks and `accumulation` micro-batches; otherwise the recipe's own batch
+    settings (or `set`'s) are kept and `steps` optimizer steps run on the sample set, repeated.
+    `comparable` forces ZeRO stage 0 and fp32 so gradients are plain, complete `.grad`s.
+    """
+
+    name: str
+    set: tuple[str, ...] = ()  # extra recipe overrides, `key.path=value` (TOML values)
+    ranks: int = 1
+    steps: int = 1
+    whole_batch: bool = True
+    accumulation: int = 1
+    comparable: bool = True
+    grads: bool = True  # record the flattened gradients of the last step
+    expect_packed: bool = False  # stop early (result `skipped`) when the data is not packed
+    checkpoint_every: int = 0  # a deepspeed checkpoint (auto_resume) every N steps
+    kill_after: int = 0  # SIGKILL this process once the checkpoint of this step is complete
+    run_name: str | None = None  # run folder name (default: `name`); two variants may share one
+    after: str | None = None  # run only once this variant has finished
+
+
+@attrs.frozen(kw_only=True)
+class VariantResult:
+    """What a variant's worker reported (read from its `result.json`)."""
+
+    name: str
+    losses: list[float] = attrs.field(factory=list)  # per step, as the run's metrics.jsonl has them
+    weights: list[list[float]] = attrs.field(factory=list)  # micro-batch weights (all ranks), per step
+    tokens: list[list[float]] = attrs.field(factory=list)  # their trainable tokens, per step
+    rows: int = 0  # training rows (samples, or packed rows) in the step
+    samples: int = 0  # samples before packing (0: unknown)
+    start_step: int = 0  # the step the run started at (above 0: it resumed)
+    grads_path: str | None = None
+    killed: bool = False
+    skipped: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    def grads(self) -> Any:
+        import torch
+
+        assert self.grads_path is not None, f"{self.name} recorded no gradients"
+        return torch.load(self.grads_path, weights_only=True)
+
+    @classmethod
+    def read(cls, path: Path, name: str) -> VariantResult:
+        import json
+
+        if not path.is_file():
+            return cls(name=name, error="the worker wrote no result (see its log)")
+        data = json.loads(path.read_text())
+        return cls(**{k: v for k, v in data.items() if k in attrs.fields_dict(cls)})
+
+
+@attrs.frozen(kw_only=True)
+class Row:
+    """One line of the verify table."""
+
+    check: str
+    compared: str
+    status: Status
+    max_abs: float | None = None
+    max_rel: float | None = None
+    tolerance: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class VerifyContext:
+    """What checks may look at when choosing their variants."""
+
+    config: Any  # the recipe's TrainerConfig (after --set and --shrink)
+    trainer_class: type
+    samples: int  # size of the verify sample set
+    steps: int  # N for the multi-step checks (resume, precision)
+    shrink: dict[str, Any] | None = None  # the model's `hf_config_kwargs` under --shrink
+
+    def hidden_size(self) -> int:
+        """The width of the model the variants train (shrunk or not)."""
+        if self.shrink and "hidden_size" in self.shrink:
+            return int(self.shrink["hidden_size"])
+        from arctic_core.engine.model import load_hf_config
+
+        hf_config, _ = load_hf_config(self.config.model)
+        return int(hf_config.hidden_size)
+
+
+class Check:
+    """A verify check: override `variants` and `compare` (and set `name`, `description`)."""
+
+    name: str = ""
+    description: str = ""
+
+    def skip_reason(self, ctx: VerifyContext) -> str | None:
+        """Why this check cannot run on this recipe (None: it can)."""
+        return None
+
+    def variants(self, ctx: VerifyContext) -> list[Variant]:
+        raise NotImplementedError
+
+    def compare(self, results: Mapping[str, VariantResult]) -> Row:
+        raise NotImplementedError
+
+    def row(self, status: Status, compared: str = "", **fields: Any) -> Row:
+        return Row(check=self.name, compared=compared or self.description, status=status, **fields)
+
+
+def diff(a: Sequence[float] | Any, b: Sequence[float] | Any) -> tuple[float, float]:
+    """(max |a - b|, max |a - b| / max |b|): the largest difference, absolute and relative to b's scale."""
+    import torch
+
+    ta = torch.as_tensor(a, dtype=torch.float64).flatten()
+    tb = torch.as_tensor(b, dtype=torch.float64).flatten()
+    if ta.shape != tb.shape:
+        return math.inf, math.inf
+    if ta.numel() == 0:
+        return 0.0, 0.0
+    if not (torch.isfinite(ta).all() and torch.isfinite(tb).all()):
+        return math.inf, math.inf
+    abs_diff = float((ta - tb).abs().max())
+    scale = float(tb.abs().max())
+    return abs_diff, abs_diff / scale if scale > 0 else (0.0 if abs_diff == 0 else math.inf)
+
+
+def failed(results: Mapping[str, VariantResult]) -> str | None:
+    """The first variant error (or skip) among `results`, as a note; None when all ran."""
+    for result in results.values():
+        if result.error:
+            return f"{result.name}: {result.error}"
+    return None
+
+
+def compare_step(
+    check: Check, reference: VariantResult, other: VariantResult, compared: str, rtol: float = COMPARE_RTOL
+) -> Row:
+    """Loss and gradients of one step: PASS when both agree within `rtol` of the reference's scale."""
+    problem = failed({reference.name: reference, other.name: other})
+    if problem:
+        return check.row("FAIL", compared, note=problem)
+    loss_abs, loss_rel = diff(other.losses[-1:], reference.losses[-1:])
+    grad_abs, grad_rel = diff(other.grads(), reference.grads())
+    worst_abs, worst_rel = max(loss_abs, grad_abs), max(loss_rel, grad_rel)
+    status: Status = "PASS" if worst_rel <= rtol else "FAIL"
+    note = f"loss rel {loss_rel:.1e}, grads rel {grad_rel:.1e}"
+    return check.row(
+        status, compared, max_abs=worst_abs, max_rel=worst_rel, tolerance=f"rel {rtol:g}", note=note
+    )

@@ -1,0 +1,158 @@
+"""`arctic verify` without training: comparisons, shrinking, planning, the table, the JSON, usage errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from arctic_core.cli import main
+from arctic_core.recipe import load_recipe
+from arctic_core.verify.base import Row, Variant, VariantResult, VerifyContext, compare_step, diff
+from arctic_core.verify.checks import PackingCheck, ResumeCheck, core_checks, kill_step
+from arctic_core.verify.report import format_table, write_json
+from arctic_core.verify.runner import Report, lanes
+from arctic_core.verify.shrink import shrink_kwargs
+
+pytest_plugins = ["arctic_core.testing.fixtures"]
+
+SFT_RECIPES = Path(__file__).parents[3] / "sft" / "recipes"
+
+
+def test_diff_is_relative_to_the_reference_scale() -> None:
+    assert diff([1.0, 2.0], [1.0, 2.0]) == (0.0, 0.0)
+    abs_diff, rel_diff = diff([1.0, 4.2], [1.0, 4.0])
+    assert abs_diff == pytest.approx(0.2) and rel_diff == pytest.approx(0.05)
+    assert diff([1.0], [1.0, 2.0])[0] == float("inf")
+    assert diff([float("nan")], [1.0])[1] == float("inf")
+
+
+def _result(name: str, tmp_path: Path, grads: list[float], loss: float, **fields: object) -> VariantResult:
+    path = tmp_path / f"{name}.pt"
+    torch.save(torch.tensor(grads), path)
+    return VariantResult(name=name, losses=[loss], grads_path=str(path), **fields)  # type: ignore[arg-type]
+
+
+def test_compare_step_passes_within_tolerance_and_fails_beyond(tmp_path: Path) -> None:
+    check = core_checks()[1]
+    reference = _result("reference", tmp_path, [1.0, -2.0], 3.0)
+    close = _result("close", tmp_path, [1.0, -2.0 + 1e-7], 3.0)
+    off = _result("off", tmp_path, [1.0, -2.02], 3.0)
+    assert compare_step(check, reference, close, "x").status == "PASS"
+    row = compare_step(check, reference, off, "x")
+    assert row.status == "FAIL" and row.max_rel == pytest.approx(0.01)
+    broken = VariantResult(name="off", error="RuntimeError: boom")
+    assert compare_step(check, reference, broken, "x").note == "off: RuntimeError: boom"
+
+
+def test_resume_compare_needs_bit_identical_losses_and_a_real_resume() -> None:
+    straight = VariantResult(name="resume-straight", losses=[3.0, 2.5, 2.25])
+    killed = VariantResult(name="resume-killed", losses=[3.0], killed=True)
+    good = VariantResult(name="resume-rerun", losses=[3.0, 2.5, 2.25], start_step=1)
+    results = {"resume-straight": straight, "resume-killed": killed, "resume-rerun": good}
+    assert ResumeCheck().compare(results).status == "PASS"
+    off_by_ulp = VariantResult(name="resume-rerun", losses=[3.0, 2.5, 2.2500000000000004], start_step=1)
+    row = ResumeCheck().compare({**results, "resume-rerun": off_by_ulp})
+    assert row.status == "FAIL" and "first differing step 3" in row.note
+    fresh = VariantResult(name="resume-rerun", losses=[3.0, 2.5, 2.25], start_step=0)
+    assert "started at step 0" in ResumeCheck().compare({**results, "resume-rerun": fresh}).note
+    alive = VariantResult(name="resume-killed", losses=[3.0])
+    assert ResumeCheck().compare({**results, "resume-killed": alive}).status == "FAIL"
+
+
+def test_kill_step_is_odd_and_before_the_end() -> None:
+    for steps in range(2, 12):
+        s = kill_step(steps)
+        assert 1 <= s < steps and s % 2 == 1
+
+
+def test_shrink_keeps_the_architecture_and_vocabulary() -> None:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=300,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    )
+    kwargs = shrink_kwargs(config)
+    assert kwargs["num_hidden_layers"] == 2 and kwargs["hidden_size"] == 64
+    assert kwargs["num_key_value_heads"] == 2 and len(kwargs.get("layer_types", [None, None])) == 2
+    for key, value in kwargs.items():
+        setattr(config, key, value)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.config.vocab_size == 300 and len(model.model.layers) == 2
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 300)
+
+
+def test_lanes_run_one_rank_variants_together_the_rerun_last_and_the_killed_run_alone() -> None:
+    resume = ResumeCheck().variants(VerifyContext(config=None, trainer_class=object, samples=16, steps=5))
+    variants = [Variant(name="reference"), Variant(name="ranks", ranks=2), *resume]
+    planned = [[[v.name for v in job] for job in lane] for lane in lanes(variants)]
+    assert planned == [[["reference", "resume-straight", "resume-rerun"]], [["ranks"]], [["resume-killed"]]]
+
+
+def test_table_and_json_shape(tmp_path: Path) -> None:
+    rows = [
+        Row(
+            check="packing",
+            compared="a vs b",
+            status="PASS",
+            max_abs=1e-7,
+            max_rel=2e-7,
+            tolerance="rel 1e-05",
+        ),
+        Row(check="resume", compared="c vs d", status="FAIL", note="first differing step 4"),
+        Row(check="precision", compared="bf16", status="REPORT", max_abs=0.01, max_rel=0.002),
+    ]
+    report = Report(recipe="r.toml", rows=rows, seconds=12.0, shrink=True, verify_dir="runs/r/verify")
+    table = format_table(report)
+    assert table.splitlines()[0].split() == [
+        "check",
+        "result",
+        "max",
+        "abs",
+        "max",
+        "rel",
+        "tolerance",
+        "compared",
+    ]
+    assert "FAILED: resume" in table and "first differing step 4" in table
+    write_json(report, tmp_path / "verify.json")
+    data = json.loads((tmp_path / "verify.json").read_text())
+    assert data["passed"] is False and data["recipe"] == "r.toml"
+    assert [r["status"] for r in data["checks"]] == ["PASS", "FAIL", "REPORT"]
+    assert set(data["checks"][0]) == {
+        "check",
+        "compared",
+        "status",
+        "max_abs",
+        "max_rel",
+        "tolerance",
+        "note",
+    }
+
+
+def test_packing_is_skipped_with_the_reason_for_dpo() -> None:
+    recipe = load_recipe(SFT_RECIPES / "dpo-tiny.toml")
+    ctx = VerifyContext(config=recipe.config, trainer_class=recipe.trainer_class(), samples=16, steps=5)
+    assert "preference pairs are never packed" in (PackingCheck().skip_reason(ctx) or "")
+
+
+def _exit_code(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code or 0)
+
+
+def test_a_bad_recipe_or_check_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('type = "sft"\nmicro_batch_size = 0\n[model]\nname_or_path = "x"\n')
+    assert _exit_code(["verify", str(bad)]) == 2
+    assert "micro_batch_size" in capsys.readouterr().err
+    assert _exit_code(["sft", "verify", "quickstart", "--checks", "packing,nope"]) == 2
+    assert "unknown check(s) nope; available: packing, accumulation" in capsys.readouterr().err
