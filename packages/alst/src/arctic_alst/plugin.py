@@ -7,5 +7,7 @@ alst = Feature(
     description="Long sequences: Ulysses sequence parallelism, tiled MLP, activation-checkpoint CPU offload.",
     config="arctic_alst.config:ALSTConfig",
     hooks="arctic_alst.hooks:ALSTHooks",
+    verify="arctic_alst.verify:checks",
+    plan="arctic_alst.plan:plan",
     core_version=">=0.1,<0.2",
 )

@@ -101,6 +101,42 @@ def train_command(method: str | None) -> click.Command:
     return command
 
 
+def verify_command(method: str | None) -> click.Command:
+    """`arctic verify` (type from the recipe) or `arctic <method> verify` (type fixed)."""
+
+    @click.command("verify")
+    @recipe_arguments
+    @click.option("--checks", default="", help="Comma-separated checks to run (default: all that apply).")
+    @click.option("--steps", type=int, default=5, show_default=True, help="Steps of the resume check.")
+    @click.option(
+        "--samples", type=int, default=16, show_default=True, help="Training samples the checks use."
+    )
+    @click.option(
+        "--shrink", is_flag=True, help="Use the model's architecture at a toy size, random weights."
+    )
+    @click.option(
+        "--json", "json_path", default=None, help="Write the table here (default <run folder>/verify.json)."
+    )
+    def command(
+        recipe: str, overrides: tuple[str, ...], checks: str, json_path: str | None, **numbers: Any
+    ) -> None:
+        """Prove on RECIPE that packing, accumulation, ranks, resume (and more) train what they should.
+
+        Runs short variants of the recipe (its data, tokenizer, trainer code) and compares their
+        losses and gradients; prints a table, exits 1 when a check fails (docs/verify.md).
+        """
+        from arctic_core.verify.report import run_and_report
+        from arctic_core.verify.runner import Options
+
+        names = tuple(name.strip() for name in checks.split(",") if name.strip())
+        options = Options(checks=names, **numbers)
+        run_and_report(
+            recipe, overrides, method=method, options=options, json_path=json_path, echo=click.echo
+        )
+
+    return command
+
+
 class MethodGroup(click.Group):
     """`arctic <method> ...`: `train` plus the plugin's own verbs, loaded when used."""
 
@@ -111,6 +147,7 @@ class MethodGroup(click.Group):
         self._loaded = False
         self.add_command(train_command(found.name))
         self.add_command(recipes_command(found.name))
+        self.add_command(verify_command(found.name))
 
     def _load_verbs(self) -> None:
         if self._loaded:
@@ -174,6 +211,7 @@ def cli() -> None:
 
 
 cli.add_command(train_command(None))
+cli.add_command(verify_command(None))
 
 
 @cli.group("config")
@@ -233,6 +271,41 @@ def data_prepare(recipe: str, overrides: tuple[str, ...]) -> None:
     from arctic_core.data.prepare import prepare
 
     click.echo(prepare(recipe, overrides))
+
+
+@cli.command("plan")
+@recipe_arguments
+@click.option(
+    "--hardware",
+    required=True,
+    help="COUNTxDEVICE: 8xH100, 1xL4 (H100, H200, A100-40GB, A100-80GB, L4, B200).",
+)
+@click.option("--nodes", type=int, default=1, show_default=True, help="Nodes of that many devices each.")
+@click.option("--memory", default=None, help="Memory per device instead of the preset's, e.g. 24GiB.")
+@click.option("--json", "json_path", default=None, help="Also write the plan as JSON to this file.")
+def plan_command(
+    recipe: str,
+    overrides: tuple[str, ...],
+    hardware: str,
+    nodes: int,
+    memory: str | None,
+    json_path: str | None,
+) -> None:
+    """Estimate RECIPE's memory per device on HARDWARE: what fits, and what would make it fit (docs/plan.md).
+
+    Reads the model's config only (no weights, no data).
+    """
+    import json
+
+    from arctic_core.plan.hardware import parse_hardware
+    from arctic_core.plan.report import as_json, plan, render
+
+    report = plan(recipe, overrides, parse_hardware(hardware, nodes=nodes, memory=memory))
+    click.echo(render(report), nl=False)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(as_json(report), handle, indent=2)
+        click.echo(f"wrote {json_path}")
 
 
 @cli.command("plugins")

@@ -63,6 +63,8 @@ class Feature:
     description: str
     config: str  # "module:Class": frozen kw_only attrs class, one field per top-level recipe key
     hooks: str  # "module:Class": a FeatureHooks subclass
+    verify: str | None = None  # "module:function" returning `arctic verify` checks (docs/verify.md)
+    plan: str | None = None  # "module:function" adjusting `arctic plan`'s PlanSetup (docs/plan.md)
     core_version: str = ""  # PEP 440 specifier for arctic-core, e.g. ">=0.1,<0.2"
 
     def config_class(self) -> type:

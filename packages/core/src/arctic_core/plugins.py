@@ -50,6 +50,8 @@ class Method:
     config: str  # "module:ConfigClass", a TrainerConfig subclass
     trainer: str  # "module:TrainerClass"
     commands: str | None = None  # "module:click_group" with extra verbs (generate, eval, ...)
+    verify: str | None = None  # "module:function" returning `arctic verify` checks (docs/verify.md)
+    plan: str | None = None  # "module:function" adjusting `arctic plan`'s PlanSetup (docs/plan.md)
     core_version: str = ""  # PEP 440 specifier for arctic-core, e.g. ">=0.1,<0.2"
 
     def config_class(self) -> type:

@@ -25,5 +25,6 @@ dpo = Method(
     description="Preference tuning on chosen/rejected pairs: DPO, conservative DPO and IPO.",
     config="arctic_sft.dpo_config:DPOConfig",
     trainer="arctic_sft.dpo:DPOTrainer",
+    plan="arctic_sft.plan:plan",
     core_version=CORE,
 )

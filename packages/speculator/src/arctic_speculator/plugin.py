@@ -7,6 +7,7 @@ speculator = Method(
     description="Speculators: train MLP/LSTM draft heads on a frozen base model (speculative decoding).",
     config="arctic_speculator.config:SpeculatorConfig",
     trainer="arctic_speculator.trainer:SpeculatorTrainer",
+    plan="arctic_speculator.plan:plan",
     commands="arctic_speculator.cli:commands",
     core_version=">=0.1,<0.2",
 )
@@ -16,6 +17,7 @@ arctic_lstm_speculator = Method(
     description="ArcticTraining's recipe type for `speculator` (method sum_rnn by default).",
     config="arctic_speculator.config:ArcticLSTMSpeculatorConfig",
     trainer="arctic_speculator.trainer:ArcticLSTMSpeculatorTrainer",
+    plan="arctic_speculator.plan:plan",
     core_version=">=0.1,<0.2",
 )
 
@@ -24,5 +26,6 @@ spec_decode = Method(
     description="ArcticTraining's older recipe type for `speculator` (the MLP speculator).",
     config="arctic_speculator.config:SpeculatorConfig",
     trainer="arctic_speculator.trainer:SpecDecodeTrainer",
+    plan="arctic_speculator.plan:plan",
     core_version=">=0.1,<0.2",
 )

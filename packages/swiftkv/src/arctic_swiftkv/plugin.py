@@ -8,5 +8,6 @@ swiftkv = Method(
     config="arctic_swiftkv.config:SwiftKVConfig",
     trainer="arctic_swiftkv.trainer:SwiftKVTrainer",
     commands="arctic_swiftkv.cli:commands",
+    plan="arctic_swiftkv.plan:plan",
     core_version=">=0.1,<0.2",
 )

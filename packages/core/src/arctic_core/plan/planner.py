@@ -1,0 +1,211 @@
+"""From a recipe to an estimate: the model's shape, the run's settings, methods' and features' terms.
+
+`setup_for(config, shape, hardware, micro_batch=..., sequence=...)` builds core's `PlanSetup` from
+the recipe, then lets the recipe's method (`Method.plan`) and every feature the recipe turns on
+(`Feature.plan`) adjust it: each is a `"module:function"` taking and returning a `PlanSetup`. They
+are called again for every micro batch and sequence length the search tries, so they read
+`setup.micro_batch` and `setup.sequence` (never the recipe's `data.max_length`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from arctic_core import features, plugins
+from arctic_core.errors import ArcticError, RecipeError
+from arctic_core.plan.estimate import Estimate, Lever, PlanSetup, estimate
+from arctic_core.plan.hardware import Hardware
+from arctic_core.plan.shape import ModelShape, lora_parameters
+
+PlanFunction = Callable[[PlanSetup], PlanSetup]
+MAX_MICRO_BATCH = 4096
+MAX_SEQUENCE = 2**28
+SEQUENCE_STEP = 1024
+"""The longest sequence is searched in steps of this many tokens (times the sequence-parallel size)."""
+
+
+def hf_config(model: Any) -> Any:
+    """The transformers config of `[model]` (local folder or hub id), with `hf_config_kwargs` applied."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model.name_or_path, trust_remote_code=model.trust_remote_code, revision=model.revision
+        )
+    except (OSError, ValueError) as exc:
+        raise ArcticError(f"cannot read the config of model {model.name_or_path!r}: {exc}") from None
+    for key, value in model.hf_config_kwargs.items():
+        setattr(config, key, value)
+    return config
+
+
+def contributors(config: Any) -> list[tuple[str, PlanFunction]]:
+    """The plan functions of the recipe's method and of every installed feature, in that order.
+
+    A feature's function runs whether the recipe turns it on or not (off, it only offers its levers).
+    """
+    found: list[tuple[str, PlanFunction]] = []
+    method = plugins.get(str(config.type))
+    if method is not None and method.method is not None and method.method.plan:
+        found.append((f"method {method.name}", plugins.load_reference(method.method.plan)))
+    for name in getattr(type(config), "__arctic_features__", ()):  # on or off: an off feature offers levers
+        feature = features.get(name)
+        if feature is not None and feature.feature is not None and feature.feature.plan:
+            found.append((f"feature {name}", plugins.load_reference(feature.feature.plan)))
+    return found
+
+
+def _checkpointing(config: Any, shape_config: Any, setup: PlanSetup, memory: int) -> tuple[bool, str]:
+    """What the trainer would decide (`arctic_core.engine.model.apply_activation_checkpointing`)."""
+    from arctic_core.engine.model import (
+        activation_bytes,
+        choose_activation_checkpointing,
+        training_state_bytes,
+    )
+
+    disabled = config.model.disable_activation_checkpoint
+    asked = None if disabled is None else not disabled
+    tokens = setup.micro_batch * setup.sequence
+    activations = activation_bytes(
+        shape_config, tokens, sequence=setup.sequence, dtype=setup.dtype, attn_implementation=setup.attention
+    )
+    dp = max(setup.world, 1)
+    state = training_state_bytes(setup.parameters, dtype=setup.dtype, zero_stage=setup.zero_stage, dp_size=dp)
+    return choose_activation_checkpointing(asked, activations=activations, state=state, available=memory)
+
+
+def core_levers(setup: PlanSetup) -> tuple[Lever, ...]:
+    levers = []
+    if not setup.checkpointing:
+        levers.append(
+            Lever(
+                label="turn on activation checkpointing",
+                overrides=("model.disable_activation_checkpoint=false",),
+            )
+        )
+    if setup.zero_stage < 3:
+        levers.append(Lever(label="set zero stage 3", overrides=("deepspeed.zero_optimization.stage=3",)))
+    if not setup.offload_optimizer:
+        offload = ("deepspeed.zero_optimization.offload_optimizer.device=cpu", "optimizer.type=cpu_adam")
+        levers.append(Lever(label="offload the optimizer to the CPU", overrides=offload))
+    if not setup.offload_param:
+        offload = (
+            "deepspeed.zero_optimization.stage=3",
+            "deepspeed.zero_optimization.offload_param.device=cpu",
+        )
+        levers.append(Lever(label="offload the parameters to the CPU (ZeRO-3)", overrides=offload))
+    return tuple(levers)
+
+
+def base_setup(
+    config: Any, shape: ModelShape, shape_config: Any, hardware: Hardware, *, micro_batch: int, sequence: int
+) -> PlanSetup:
+    """Core's view of the run: precision, ZeRO, offload, checkpointing, PEFT; before methods and features."""
+    from arctic_core.engine.deepspeed_config import build_deepspeed_config
+
+    ds = build_deepspeed_config(config, hardware.world_size)
+    zero = ds.get("zero_optimization", {})
+    parameters = shape.parameters()
+    peft = config.model.peft_config
+    setup = PlanSetup(
+        shape=shape,
+        recipe=config,
+        dtype=config.model.dtype,
+        world=hardware.world_size,
+        micro_batch=micro_batch,
+        sequence=sequence,
+        zero_stage=int(zero.get("stage", 0)),
+        offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") == "cpu",
+        offload_param=zero.get("offload_param", {}).get("device", "none") == "cpu",
+        optimizer=config.optimizer.type,
+        attention=config.model.attn_implementation,
+        parameters=parameters,
+        trainable=lora_parameters(shape, peft) if peft else parameters,
+        deepspeed=ds,
+        device_overheads=True,
+    )
+    if peft:
+        setup = attrs.evolve(setup, parameters=parameters + setup.trainable)
+    on, why = _checkpointing(config, shape_config, setup, hardware.memory)
+    notes: tuple[str, ...] = (f"activation checkpointing {'on' if on else 'off'}: {why}",)
+    if config.model.trainable_parameters or config.model.frozen_parameters:
+        notes += (
+            "model.trainable_parameters/frozen_parameters are not resolved: every parameter counts as trained",
+        )
+    setup = attrs.evolve(setup, checkpointing=on, notes=notes)
+    return attrs.evolve(setup, levers=core_levers(setup))
+
+
+def setup_for(
+    config: Any, shape: ModelShape, shape_config: Any, hardware: Hardware, *, micro_batch: int, sequence: int
+) -> PlanSetup:
+    """The run's `PlanSetup` after the method's and the features' plan functions."""
+    setup = base_setup(config, shape, shape_config, hardware, micro_batch=micro_batch, sequence=sequence)
+    for _, plan in contributors(config):
+        setup = plan(setup)
+    return setup
+
+
+@attrs.frozen(kw_only=True)
+class Planner:
+    """One recipe on one hardware: estimates at any micro batch and sequence, searches, suggestions."""
+
+    config: Any
+    shape: ModelShape
+    shape_config: Any
+    hardware: Hardware
+    recipe: str | None = None  # the recipe file, to try recipe changes (`with_overrides`)
+    overrides: tuple[str, ...] = ()  # its --set overrides
+    device_overheads: bool = True
+    adjust: Callable[[PlanSetup], PlanSetup] | None = None  # tests: one more change after the plugins
+
+    def setup(self, micro_batch: int | None = None, sequence: int | None = None) -> PlanSetup:
+        mbs = micro_batch or self.config.micro_batch_size
+        seq = sequence or self.config.data.max_length
+        setup = setup_for(
+            self.config, self.shape, self.shape_config, self.hardware, micro_batch=mbs, sequence=seq
+        )
+        setup = attrs.evolve(setup, device_overheads=self.device_overheads)
+        return self.adjust(setup) if self.adjust is not None else setup
+
+    def estimate(self, micro_batch: int | None = None, sequence: int | None = None) -> Estimate:
+        return estimate(self.setup(micro_batch, sequence))
+
+    def fits(self, micro_batch: int | None = None, sequence: int | None = None) -> bool:
+        return self.estimate(micro_batch, sequence).peak <= self.hardware.memory
+
+    def largest(self, fits: Callable[[int], bool], high: int) -> int:
+        """The largest n in [1, high] with fits(n), assuming fits is monotone; 0 if none."""
+        if not fits(1):
+            return 0
+        low, top = 1, 2
+        while top <= high and fits(top):
+            low, top = top, top * 2
+        top = min(top, high + 1)
+        while top - low > 1:
+            middle = (low + top) // 2
+            low, top = (middle, top) if fits(middle) else (low, middle)
+        return low
+
+    def max_micro_batch(self) -> int:
+        return self.largest(lambda n: self.fits(micro_batch=n), MAX_MICRO_BATCH)
+
+    def max_sequence(self) -> int:
+        step = SEQUENCE_STEP * self.setup().sequence_parallel
+        return step * self.largest(lambda n: self.fits(sequence=n * step), MAX_SEQUENCE // step)
+
+    def with_overrides(self, extra: tuple[str, ...]) -> Planner | None:
+        """This planner for the recipe with more `--set` overrides; None if the recipe refuses them."""
+        from arctic_core.recipe import load_recipe
+
+        if self.recipe is None:
+            return None
+        overrides = self.overrides + extra
+        try:
+            config = load_recipe(self.recipe, overrides).config
+        except RecipeError:
+            return None
+        return attrs.evolve(self, config=config, overrides=overrides)
