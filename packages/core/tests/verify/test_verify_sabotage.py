@@ -77,14 +77,18 @@ def test_sabotaged_trainer_fails_packing_accumulation_ranks_and_resume(
 
 
 @pytest.mark.slow
-def test_bundled_quickstart_passes_every_check(tmp_path: Path) -> None:
-    result = verify("sft", "verify", "quickstart", "--shrink", cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("method", "recipe", "packing"),
+    [("sft", "quickstart", "PASS"), ("dpo", "dpo-tiny", "SKIP")],  # DPO never packs its pairs
+)
+def test_bundled_recipes_pass_every_check(tmp_path: Path, method: str, recipe: str, packing: str) -> None:
+    result = verify(method, "verify", recipe, "--shrink", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all checks passed" in result.stdout
-    report = json.loads((tmp_path / "runs" / "quickstart" / "verify.json").read_text())
+    report = json.loads((tmp_path / "runs" / recipe / "verify.json").read_text())
     statuses = {row["check"]: row["status"] for row in report["checks"]}
     assert statuses == {
-        "packing": "PASS",
+        "packing": packing,
         "accumulation": "PASS",
         "ranks": "PASS",
         "resume": "PASS",
