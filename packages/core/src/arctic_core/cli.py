@@ -148,6 +148,7 @@ class MethodGroup(click.Group):
         self.add_command(train_command(found.name))
         self.add_command(recipes_command(found.name))
         self.add_command(verify_command(found.name))
+        self.add_command(plan_command(found.name))
 
     def _load_verbs(self) -> None:
         if self._loaded:
@@ -273,39 +274,48 @@ def data_prepare(recipe: str, overrides: tuple[str, ...]) -> None:
     click.echo(prepare(recipe, overrides))
 
 
-@cli.command("plan")
-@recipe_arguments
-@click.option(
-    "--hardware",
-    required=True,
-    help="COUNTxDEVICE: 8xH100, 1xL4 (H100, H200, A100-40GB, A100-80GB, L4, B200).",
-)
-@click.option("--nodes", type=int, default=1, show_default=True, help="Nodes of that many devices each.")
-@click.option("--memory", default=None, help="Memory per device instead of the preset's, e.g. 24GiB.")
-@click.option("--json", "json_path", default=None, help="Also write the plan as JSON to this file.")
-def plan_command(
-    recipe: str,
-    overrides: tuple[str, ...],
-    hardware: str,
-    nodes: int,
-    memory: str | None,
-    json_path: str | None,
-) -> None:
-    """Estimate RECIPE's memory per device on HARDWARE: what fits, and what would make it fit (docs/plan.md).
+def plan_command(method: str | None) -> click.Command:
+    """`arctic plan` (type from the recipe) or `arctic <method> plan` (type fixed)."""
 
-    Reads the model's config only (no weights, no data).
-    """
-    import json
+    @click.command("plan")
+    @recipe_arguments
+    @click.option(
+        "--hardware",
+        required=True,
+        help="COUNTxDEVICE: 8xH100, 1xL4 (H100, H200, A100-40GB, A100-80GB, L4, B200).",
+    )
+    @click.option("--nodes", type=int, default=1, show_default=True, help="Nodes of that many devices each.")
+    @click.option("--memory", default=None, help="Memory per device instead of the preset's, e.g. 24GiB.")
+    @click.option("--json", "json_path", default=None, help="Also write the plan as JSON to this file.")
+    def command(
+        recipe: str,
+        overrides: tuple[str, ...],
+        hardware: str,
+        nodes: int,
+        memory: str | None,
+        json_path: str | None,
+    ) -> None:
+        """Estimate RECIPE's memory per device on HARDWARE: what fits, and what would make it fit (docs/plan.md).
 
-    from arctic_core.plan.hardware import parse_hardware
-    from arctic_core.plan.report import as_json, plan, render
+        Reads the model's config only (no weights, no data).
+        """
+        import json
 
-    report = plan(recipe, overrides, parse_hardware(hardware, nodes=nodes, memory=memory))
-    click.echo(render(report), nl=False)
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as handle:
-            json.dump(as_json(report), handle, indent=2)
-        click.echo(f"wrote {json_path}")
+        from arctic_core.plan.hardware import parse_hardware
+        from arctic_core.plan.report import as_json, plan, render
+
+        devices = parse_hardware(hardware, nodes=nodes, memory=memory)
+        report = plan(recipe, overrides, devices, method=method)
+        click.echo(render(report), nl=False)
+        if json_path:
+            with open(json_path, "w", encoding="utf-8") as handle:
+                json.dump(as_json(report), handle, indent=2)
+            click.echo(f"wrote {json_path}")
+
+    return command
+
+
+cli.add_command(plan_command(None))
 
 
 @cli.command("plugins")

@@ -50,3 +50,16 @@ def test_bad_hardware_exits_2_naming_the_presets() -> None:
     assert result.returncode == 2
     assert "H100, H200, A100-40GB, A100-80GB, L4, B200" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_method_group_plans_a_bundled_recipe_by_name_from_any_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*ARCTIC, "dpo", "plan", "dpo-tiny", "--hardware", "1xH100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "reference forward (no grad)" in result.stdout  # the dpo method's own term
+    assert "fits" in result.stdout

@@ -159,6 +159,7 @@ class Planner:
     hardware: Hardware
     recipe: str | None = None  # the recipe file, to try recipe changes (`with_overrides`)
     overrides: tuple[str, ...] = ()  # its --set overrides
+    method: str | None = None  # the type `arctic <method> plan` fixes
     device_overheads: bool = True
     adjust: Callable[[PlanSetup], PlanSetup] | None = None  # tests: one more change after the plugins
 
@@ -205,7 +206,7 @@ class Planner:
             return None
         overrides = self.overrides + extra
         try:
-            config = load_recipe(self.recipe, overrides).config
+            config = load_recipe(self.recipe, overrides, method=self.method).config
         except RecipeError:
             return None
         return attrs.evolve(self, config=config, overrides=overrides)

@@ -54,10 +54,12 @@ class PlanReport:
         return self.estimate.peak <= self.planner.hardware.memory
 
 
-def make_planner(recipe: str, overrides: tuple[str, ...], hardware: Hardware) -> Planner:
+def make_planner(
+    recipe: str, overrides: tuple[str, ...], hardware: Hardware, *, method: str | None = None
+) -> Planner:
     from arctic_core.recipe import load_recipe
 
-    config = load_recipe(recipe, overrides).config
+    config = load_recipe(recipe, overrides, method=method).config
     shape_config = hf_config(config.model)
     return Planner(
         config=config,
@@ -66,6 +68,7 @@ def make_planner(recipe: str, overrides: tuple[str, ...], hardware: Hardware) ->
         hardware=hardware,
         recipe=recipe,
         overrides=overrides,
+        method=method,
     )
 
 
@@ -106,8 +109,10 @@ def suggest(planner: Planner) -> Suggestion | None:
     return Suggestion(levers=tuple(applied), estimate=None)
 
 
-def plan(recipe: str, overrides: tuple[str, ...], hardware: Hardware) -> PlanReport:
-    planner = make_planner(recipe, overrides, hardware)
+def plan(
+    recipe: str, overrides: tuple[str, ...], hardware: Hardware, *, method: str | None = None
+) -> PlanReport:
+    planner = make_planner(recipe, overrides, hardware, method=method)
     return PlanReport(
         planner=planner,
         estimate=planner.estimate(),
