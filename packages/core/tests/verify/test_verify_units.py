@@ -13,7 +13,7 @@ from arctic_core.recipe import load_recipe
 from arctic_core.verify.base import Row, Variant, VariantResult, VerifyContext, compare_step, diff
 from arctic_core.verify.checks import PackingCheck, ResumeCheck, core_checks, kill_step
 from arctic_core.verify.report import format_table, write_json
-from arctic_core.verify.runner import Report, lanes
+from arctic_core.verify.runner import Report, lanes, plan_checks
 from arctic_core.verify.shrink import shrink_kwargs
 
 pytest_plugins = ["arctic_core.testing.fixtures"]
@@ -141,6 +141,20 @@ def test_packing_is_skipped_with_the_reason_for_dpo() -> None:
     recipe = load_recipe(SFT_RECIPES / "dpo-tiny.toml")
     ctx = VerifyContext(config=recipe.config, trainer_class=recipe.trainer_class(), samples=16, steps=5)
     assert "preference pairs are never packed" in (PackingCheck().skip_reason(ctx) or "")
+
+
+def test_a_check_needing_more_ranks_than_gpus_is_skipped_with_the_reason() -> None:
+    recipe = load_recipe(SFT_RECIPES / "quickstart.toml")
+    ctx = VerifyContext(config=recipe.config, trainer_class=recipe.trainer_class(), samples=16, steps=5)
+    checks = [c for c in core_checks() if c.name in ("accumulation", "ranks")]
+    rows, planned = plan_checks(checks, ctx, gpus=1)
+    assert [check.name for check, _ in planned] == ["accumulation"]
+    assert (
+        rows["ranks"].status == "SKIP"
+        and "needs 2 GPUs (one per rank); this machine has 1" in rows["ranks"].note
+    )
+    rows, planned = plan_checks(checks, ctx, gpus=None)  # CPU ranks: any number runs
+    assert not rows and len(planned) == 2
 
 
 def _exit_code(args: list[str]) -> int:

@@ -188,11 +188,28 @@ def run_job(base: dict[str, Any], variants: list[Variant], name: str, timeout: f
             process.wait()
 
 
+def gpu_count() -> int | None:
+    """GPUs the variants' ranks would use; None on a machine without CUDA (ranks are CPU processes)."""
+    from arctic_core.engine import distributed
+
+    if not distributed.has_cuda():
+        return None
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def run_lanes(base: dict[str, Any], planned: list[list[list[Variant]]]) -> None:
+    """Lanes at once on CPUs; one after another on GPUs, where every lane's rank r uses GPU r."""
+
     def run_lane(index: int, jobs: list[list[Variant]]) -> None:
         for number, job in enumerate(jobs):
             run_job(base, job, f"lane{index}-job{number}")
 
+    if gpu_count() is not None:
+        for index, jobs in enumerate(planned):
+            run_lane(index, jobs)
+        return
     threads = [threading.Thread(target=run_lane, args=(i, jobs)) for i, jobs in enumerate(planned)]
     for thread in threads:
         thread.start()
@@ -228,7 +245,7 @@ def verify(recipe: str, overrides: Sequence[str], *, method: str | None, options
         shrink=shrink,
     )
     checks = select_checks(loaded.config, options.checks)
-    rows, planned = plan_checks(checks, ctx)
+    rows, planned = plan_checks(checks, ctx, gpus=gpu_count())
     verify_dir = Path(loaded.config.run_dir) / "verify"
     shutil.rmtree(verify_dir, ignore_errors=True)
     (verify_dir / "logs").mkdir(parents=True)
@@ -257,17 +274,25 @@ def verify(recipe: str, overrides: Sequence[str], *, method: str | None, options
 
 
 def plan_checks(
-    checks: list[Check], ctx: VerifyContext
+    checks: list[Check], ctx: VerifyContext, *, gpus: int | None = None
 ) -> tuple[dict[str, Row], list[tuple[Check, list[Variant]]]]:
-    """(SKIP rows of the checks that cannot run, the others with their variants)."""
+    """(SKIP rows of the checks that cannot run, the others with their variants).
+
+    `gpus`: the machine's GPU count (None: no CUDA, ranks are CPU processes and any number runs);
+    a check whose variants need more ranks than GPUs is skipped.
+    """
     rows: dict[str, Row] = {}
     planned: list[tuple[Check, list[Variant]]] = []
     for check in checks:
         reason = check.skip_reason(ctx)
+        variants = [] if reason else check.variants(ctx)
+        needed = max((v.ranks for v in variants), default=1)
+        if not reason and gpus is not None and needed > gpus:
+            reason = f"needs {needed} GPUs (one per rank); this machine has {gpus}"
         if reason:
             rows[check.name] = check.row("SKIP", note=reason)
         else:
-            planned.append((check, check.variants(ctx)))
+            planned.append((check, variants))
     return rows, planned
 
 
