@@ -129,7 +129,7 @@ def _header(report: PlanReport) -> list[str]:
         f"arctic plan: {report.planner.recipe} on {report.planner.hardware.describe()}",
         f"model: {s.model_type or '?'} hidden {s.hidden}, {s.layers} layers, {s.heads}/{s.kv_heads} heads, "
         f"MLP {s.intermediate}, vocab {s.vocab:,}: {setup.parameters:,} parameters, {setup.trainable:,} trained",
-        f"run: {setup.world} ranks{sp}, micro batch {setup.micro_batch} x {setup.sequence:,} tokens "
+        f"run: {setup.world} rank{'' if setup.world == 1 else 's'}{sp}, micro batch {setup.micro_batch} x {setup.sequence:,} tokens "
         f"({setup.local_tokens:,} per rank), {setup.dtype}, ZeRO stage {setup.zero_stage}"
         f"{', optimizer offload' if setup.offload_optimizer else ''}{', parameter offload' if setup.offload_param else ''}",
         *(f"note: {note}" for note in setup.notes),
