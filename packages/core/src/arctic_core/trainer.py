@@ -83,6 +83,8 @@ class Trainer:
     """`arctic_core.data.DataFactory` subclass for `setup_data` (None: DataFactory itself)."""
     reports_perplexity: ClassVar[bool] = True
     """Whether the loss is a mean negative log-likelihood, so evaluation also reports its perplexity."""
+    verify_skips: ClassVar[dict[str, str]] = {}
+    """`arctic verify` checks that do not hold for this method by design, each with why (shown as SKIP)."""
     recipe_notes: tuple[str, ...] = ()
     """Warnings from reading the recipe (keys kept for ArcticTraining but not acted on); logged once."""
 
@@ -99,6 +101,12 @@ class Trainer:
         (`arctic_core.recipe.checks`). Default: none.
         """
         return iter(())
+
+    @classmethod
+    def shrink_layers(cls, config: TrainerConfig) -> int:
+        """The fewest layers a model for this recipe may have (`arctic verify --shrink` keeps at least
+        these; its default is 2). Default: 1."""
+        return 1
 
     def __init__(self, config: TrainerConfig, *, local_rank: int | None = None):
         self.config = config

@@ -45,6 +45,9 @@ def test_compare_step_passes_within_tolerance_and_fails_beyond(tmp_path: Path) -
     assert row.status == "FAIL" and row.max_rel == pytest.approx(0.01)
     broken = VariantResult(name="off", error="RuntimeError: boom")
     assert compare_step(check, reference, broken, "x").note == "off: RuntimeError: boom"
+    still = _result("still", tmp_path, [0.0, 0.0], 0.0)  # nothing trains: no proof, whatever the other
+    row = compare_step(check, still, _result("other", tmp_path, [0.0, 0.0], 0.0), "x")
+    assert row.status == "FAIL" and "gradients are all zero" in row.note
 
 
 def test_resume_compare_needs_bit_identical_losses_and_a_real_resume() -> None:

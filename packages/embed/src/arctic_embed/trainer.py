@@ -47,6 +47,11 @@ class EmbedTrainer(Trainer):
     config_class: ClassVar[type[EmbedConfig]] = EmbedConfig  # type: ignore[assignment]
     config: EmbedConfig
     reports_perplexity = False
+    verify_skips: ClassVar[dict[str, str]] = {
+        "accumulation": "in-batch negatives: each micro-batch's queries are scored against that "
+        "micro-batch's documents (gathered over ranks), so k micro-batches of m are by design "
+        "another loss than one of k x m (ranks, which gather their documents, must match)"
+    }
 
     @property
     def auto_model_class(self) -> Any:  # type: ignore[override]

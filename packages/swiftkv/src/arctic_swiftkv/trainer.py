@@ -65,6 +65,15 @@ class SwiftKVTrainer(Trainer):
     config: SwiftKVConfig
     reports_perplexity = False
 
+    @classmethod
+    def shrink_layers(cls, config: Any) -> int:
+        """L_kv layers with their own KV, then two groups of G layers that take theirs from layer L_kv's input.
+
+        One group would not do: the first layer after L_kv, its KV projection initialised from its
+        own, computes what the teacher computes, so a model with one such layer has nothing to learn.
+        """
+        return int(config.model.num_key_value_layers) + 2 * int(config.model.key_value_group_size)
+
     def build_model(self) -> torch.nn.Module:
         """The teacher checkpoint as a SwiftKV model, its new parameters copied from the teacher's."""
         import arctic_swiftkv.models  # noqa: F401  (registers the SwiftKV classes)

@@ -169,8 +169,12 @@ def compare_step(
     problem = failed({reference.name: reference, other.name: other})
     if problem:
         return check.row("FAIL", compared, note=problem)
+    reference_grads = reference.grads()
+    if not bool(reference_grads.any()):
+        note = "the reference step's gradients are all zero: there is nothing to compare (a model that does not train?)"
+        return check.row("FAIL", compared, note=note)
     loss_abs, loss_rel = diff(other.losses[-1:], reference.losses[-1:])
-    grad_abs, grad_rel = diff(other.grads(), reference.grads())
+    grad_abs, grad_rel = diff(other.grads(), reference_grads)
     worst_abs, worst_rel = max(loss_abs, grad_abs), max(loss_rel, grad_rel)
     status: Status = "PASS" if worst_rel <= rtol else "FAIL"
     note = f"loss rel {loss_rel:.1e}, grads rel {grad_rel:.1e}"

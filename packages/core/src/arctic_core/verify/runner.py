@@ -236,7 +236,8 @@ def verify(recipe: str, overrides: Sequence[str], *, method: str | None, options
     if options.shrink:
         from arctic_core.verify.shrink import load_shrink_kwargs
 
-        shrink = load_shrink_kwargs(loaded.config.model)
+        layers = getattr(trainer_class, "shrink_layers", lambda _: 1)(loaded.config)
+        shrink = load_shrink_kwargs(loaded.config.model, layers=layers)
     ctx = VerifyContext(
         config=loaded.config,
         trainer_class=trainer_class,
@@ -283,8 +284,9 @@ def plan_checks(
     """
     rows: dict[str, Row] = {}
     planned: list[tuple[Check, list[Variant]]] = []
+    skips = getattr(ctx.trainer_class, "verify_skips", {})
     for check in checks:
-        reason = check.skip_reason(ctx)
+        reason = skips.get(check.name) or check.skip_reason(ctx)
         variants = [] if reason else check.variants(ctx)
         needed = max((v.ranks for v in variants), default=1)
         if not reason and gpus is not None and needed > gpus:

@@ -1,7 +1,8 @@
 """`arctic verify --shrink`: the recipe's architecture at a toy size, with random weights.
 
 The model's config is read (transformers `AutoConfig`, from `model.name_or_path`), and the
-fields of its shape that exist in it are made small: 2 layers, width 64, MLP 256, 4 heads (key
+fields of its shape that exist in it are made small: 2 layers (or the fewest the method allows,
+`Trainer.shrink_layers`, when that is more), width 64, MLP 256, 4 heads (key
 and value heads 4 when the model has as many as query heads, else 2), head size 16. The change is
 applied through the recipe's own `model.hf_config_kwargs` with `model.from_config = true`, so
 every variant builds the same seeded random network and nothing is written to disk. The
@@ -16,6 +17,7 @@ from arctic_core.errors import RecipeError
 
 LAYERS, WIDTH, MLP, HEADS, HEAD_DIM = 2, 64, 256, 4, 16
 
+LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")
 FIELDS: dict[str, int] = {
     # Llama / Qwen2 / Mistral / Gemma names
     "num_hidden_layers": LAYERS,
@@ -33,10 +35,12 @@ FIELDS: dict[str, int] = {
 }
 
 
-def shrink_kwargs(hf_config: Any) -> dict[str, Any]:
+def shrink_kwargs(hf_config: Any, *, layers: int = LAYERS) -> dict[str, Any]:
     """The `hf_config_kwargs` that shrink `hf_config` (a transformers config) to a toy size."""
     kwargs: dict[str, Any] = {
-        key: value for key, value in FIELDS.items() if isinstance(getattr(hf_config, key, None), int)
+        key: layers if key in LAYER_FIELDS else value
+        for key, value in FIELDS.items()
+        if isinstance(getattr(hf_config, key, None), int)
     }
     if not any(key in kwargs for key in ("hidden_size", "n_embd", "d_model")):
         raise RecipeError(
@@ -52,14 +56,14 @@ def shrink_kwargs(hf_config: Any) -> dict[str, Any]:
         kwargs["head_dim"] = HEAD_DIM
     layer_types = getattr(hf_config, "layer_types", None)
     if isinstance(layer_types, list) and layer_types:
-        kwargs["layer_types"] = list(layer_types[:LAYERS])
+        kwargs["layer_types"] = list(layer_types[:layers])
     if isinstance(getattr(hf_config, "max_window_layers", None), int):
-        kwargs["max_window_layers"] = min(hf_config.max_window_layers, LAYERS)
+        kwargs["max_window_layers"] = min(hf_config.max_window_layers, layers)
     return kwargs
 
 
-def load_shrink_kwargs(model: Any) -> dict[str, Any]:
-    """`shrink_kwargs` of the recipe's `[model]` (a `ModelConfig`)."""
+def load_shrink_kwargs(model: Any, *, layers: int = LAYERS) -> dict[str, Any]:
+    """`shrink_kwargs` of the recipe's `[model]` (a `ModelConfig`), with at least `layers` layers."""
     from transformers import AutoConfig
 
     try:
@@ -70,7 +74,7 @@ def load_shrink_kwargs(model: Any) -> dict[str, Any]:
         raise RecipeError(
             f"--shrink cannot read the model's config: {exc}", path="model.name_or_path"
         ) from None
-    return shrink_kwargs(hf_config)
+    return shrink_kwargs(hf_config, layers=max(LAYERS, layers))
 
 
 def apply_shrink(raw: dict[str, Any], kwargs: dict[str, Any]) -> None:
