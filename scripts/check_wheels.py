@@ -242,6 +242,29 @@ def install(wheel: Wheel, core: Path, work: Path) -> list[str]:
             started = time.monotonic()
             problems += train_quickstart(str(venv / "bin" / "python"), arctic, module, empty, env)
             print(f"{wheel.name}: quickstart trained in {time.monotonic() - started:.0f}s", flush=True)
+    if "arctic_sft" in wheel.top_level:  # core's verify workers and planner, from installed wheels
+        started = time.monotonic()
+        problems += verify_and_plan_quickstart(arctic, empty, env)
+        print(
+            f"{wheel.name}: quickstart verified and planned in {time.monotonic() - started:.0f}s", flush=True
+        )
+    return problems
+
+
+def verify_and_plan_quickstart(arctic: str, cwd: Path, env: dict[str, str]) -> list[str]:
+    """`arctic sft verify quickstart` (one check, two worker processes) and `arctic sft plan quickstart`."""
+    problems = []
+    verify = [arctic, "sft", "verify", "quickstart", "--shrink", "--checks", "accumulation", "--samples", "8"]
+    verified = run([*verify, "--set", f"logger.output_dir={cwd / 'verify-run'}"], cwd=cwd, env=env)
+    if verified.returncode != 0 or "all checks passed" not in verified.stdout:
+        problems.append(
+            f"arctic sft verify quickstart failed:\n{verified.stdout[-2000:]}{verified.stderr[-3000:]}"
+        )
+    planned = run([arctic, "sft", "plan", "quickstart", "--hardware", "1xH100"], cwd=cwd, env=env)
+    if planned.returncode != 0 or "fits" not in planned.stdout:
+        problems.append(
+            f"arctic sft plan quickstart failed:\n{planned.stdout[-2000:]}{planned.stderr[-3000:]}"
+        )
     return problems
 
 
