@@ -6,6 +6,7 @@ micro-batch the base model's last hidden states are computed under no-grad, then
 heads run on them with the batch's own tokens (teacher forcing) and the loss is
 `arctic_speculator.loss.speculator_loss`: the sum over heads of the cross-entropy of head i on token
 t+2+i, per trainable position, with per-head loss and accuracy in every metrics line and in eval.
+Which (t, i) pairs train depends on each sample alone (not on the micro-batch's padded length).
 Data: core's SFT pipeline: chat data, or the pre-tokenized dataset `arctic speculator generate`
 writes (`process = false`); the targets are the dataset's own tokens. ZeRO-3 partitions the base
 model and the speculator alike; `arctic_speculator.export`'s `speculator` checkpoint writes the
@@ -53,10 +54,10 @@ class SpeculatorTrainer(Trainer):
         return speculator.to(dtype)
 
     def micro_batch_weight(self, batch: dict[str, Any]) -> float:
-        """Trainable positions: those whose head-0 target (token t+2) is trained on."""
+        """Trainable positions: those whose head-0 target (token t+2, in t's sample) is trained on."""
         from arctic_speculator.loss import trainable_positions
 
-        return float(trainable_positions(batch["labels"], self.config.model.n_predict))
+        return float(trainable_positions(batch["labels"], batch.get("position_ids")))
 
     def base_hidden_states(self, batch: dict[str, Any]) -> torch.Tensor:
         """The frozen base model's last hidden states `[B, L, H]` (after its final norm), no grad."""
@@ -67,16 +68,20 @@ class SpeculatorTrainer(Trainer):
             return final_hidden_states(self.base.module, backbone, batch, call=self.base)
 
     def loss(self, batch: dict[str, Any]) -> LossOutput:
-        from arctic_speculator.loss import num_positions, speculator_loss
+        """Every position whose head-0 target is in the row; heads whose target lies past it score nothing."""
+        from arctic_speculator.loss import head_tokens, num_positions, speculator_loss
 
-        n_predict = self.config.model.n_predict
         input_ids = batch["input_ids"]
-        steps = num_positions(input_ids.shape[1], n_predict)
-        hidden = self.base_hidden_states(batch)[:, :steps]
-        states = self.engine(hidden, input_ids[:, 1:], return_states=True)
+        hidden = self.base_hidden_states(batch)[:, : num_positions(input_ids.shape[1])]
+        tokens = head_tokens(input_ids, self.config.model.n_predict)
+        states = self.engine(hidden, tokens, return_states=True)
         module: Any = self.engine.module
         loss, metrics = speculator_loss(
-            states, list(module.head), batch["labels"], chunk_size=self.config.loss_chunk_size
+            states,
+            list(module.head),
+            batch["labels"],
+            position_ids=batch.get("position_ids"),
+            chunk_size=self.config.loss_chunk_size,
         )
         return LossOutput(loss, metrics=metrics)
 
