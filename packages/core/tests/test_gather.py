@@ -14,7 +14,6 @@ The other ZeRO-3 tests run on one rank with DeepSpeed's CPU accelerator, on para
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from arctic_core.gather import (
     gathered_state_dict,
     init_parameters_from,
 )
+from arctic_core.testing import finish_spawned_rank, start_spawned_rank
 
 pytest_plugins = ["arctic_core.testing.fixtures"]
 
@@ -132,22 +132,15 @@ def rank_zero3() -> dict[str, dict[str, torch.Tensor]]:
 
 def rank_main(rank: int, port: int, out: str) -> None:
     """One spawned rank: every scenario, a detached gather, the ZeRO-3 copy; rank 0 saves the results."""
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    torch.set_num_threads(1)
-    distributed.init_distributed()
-    try:
-        results: dict[object, object] = {sizes: rank_scenario(rank, sizes) for sizes in SPLITS}
-        ids = torch.arange(rank * 10, rank * 10 + 2 + rank).unsqueeze(1).expand(-1, 3)  # 2 and 3 rows
-        results["detached"] = all_gather_detached(ids.float().requires_grad_())
-        results["zero3"] = rank_zero3()
-        results["summed"] = summed_scores_grads(rank)
-        if rank == 0:
-            torch.save(results, out)
-        torch.distributed.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        torch.distributed.destroy_process_group()
+    start_spawned_rank(rank, 2, port)
+    results: dict[object, object] = {sizes: rank_scenario(rank, sizes) for sizes in SPLITS}
+    ids = torch.arange(rank * 10, rank * 10 + 2 + rank).unsqueeze(1).expand(-1, 3)  # 2 and 3 rows
+    results["detached"] = all_gather_detached(ids.float().requires_grad_())
+    results["zero3"] = rank_zero3()
+    results["summed"] = summed_scores_grads(rank)
+    if rank == 0:
+        torch.save(results, out)
+    finish_spawned_rank()
 
 
 @pytest.mark.distributed

@@ -465,25 +465,16 @@ def test_fused_cross_entropy_with_a_zero3_partitioned_head(frozen):
 
 def zero3_rank_main(rank: int, port: int, out: str) -> None:
     """One spawned rank: 13 rows on rank 0; rank 1 has 0 rows, then 5 (4 chunks against 0, then 2)."""
-    import os
+    from arctic_core.testing import finish_spawned_rank, start_spawned_rank
 
-    from arctic_core.engine import distributed
-
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    torch.set_num_threads(1)
-    distributed.init_distributed()
-    try:
-        results = {
-            (frozen, other): zero3_kl_step(frozen, rows=13 if rank == 0 else other)
-            for frozen in (True, False)
-            for other in (0, 5)
-        }
-        torch.save(results, f"{out}.{rank}")
-        torch.distributed.barrier()  # no rank tears gloo down while the other still uses it
-    finally:
-        torch.distributed.destroy_process_group()
+    start_spawned_rank(rank, 2, port)
+    results = {
+        (frozen, other): zero3_kl_step(frozen, rows=13 if rank == 0 else other)
+        for frozen in (True, False)
+        for other in (0, 5)
+    }
+    torch.save(results, f"{out}.{rank}")
+    finish_spawned_rank()
 
 
 @pytest.mark.distributed

@@ -40,7 +40,13 @@ from arctic_core.testing.models import (
     tiny_tokenizer,
     write_chat_task,
 )
-from arctic_core.testing.runs import arctic, read_metrics, run_in_triton_interpreter
+from arctic_core.testing.runs import (
+    arctic,
+    finish_spawned_rank,
+    read_metrics,
+    run_in_triton_interpreter,
+    start_spawned_rank,
+)
 
 __all__ = [
     "BOS_TOKEN",
@@ -55,6 +61,7 @@ __all__ = [
     "arctic",
     "arithmetic_conversations",
     "arithmetic_problems",
+    "finish_spawned_rank",
     "preference_rows",
     "prompt_completion_rows",
     "read_metrics",
@@ -62,6 +69,7 @@ __all__ = [
     "save_tiny_model",
     "save_tokenizer_files",
     "sharegpt_conversations",
+    "start_spawned_rank",
     "text_rows",
     "tiny_config",
     "tiny_generation_config",

@@ -44,6 +44,44 @@ def run_in_triton_interpreter(script: str, *, timeout: int = 300) -> str:
     return done.stdout
 
 
+def start_spawned_rank(rank: int, world_size: int, port: int) -> None:
+    """In a rank started by `torch.multiprocessing.spawn`: its environment, one thread, the process group.
+
+    `faulthandler` is on, so a rank killed by a C++ abort still prints where every thread was.
+    """
+    import faulthandler
+
+    import torch
+
+    from arctic_core.engine import distributed
+
+    faulthandler.enable()
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    distributed.init_distributed()
+
+
+def finish_spawned_rank() -> None:
+    """End a spawned rank once its results are saved: meet the other ranks, then leave at once.
+
+    Tearing gloo and DeepSpeed's communicator down (`destroy_process_group`, then the interpreter's
+    finalisation) aborted a rank now and then in CI ("terminate called without an active
+    exception"); training runs, which leave without tearing down, never did. `os._exit` skips it.
+    """
+    import torch
+
+    torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The JSON lines of a metrics file (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
