@@ -23,12 +23,7 @@ def test_dpo_doubles_sequences_and_adds_the_reference() -> None:
     plan = planner()
     dpo = plan.setup()
     sft = base_setup(
-        plan.config,
-        plan.shape,
-        plan.shape_config,
-        plan.hardware,
-        micro_batch=dpo.micro_batch,
-        sequence=dpo.sequence,
+        plan.config, plan.shape, plan.hardware, micro_batch=dpo.micro_batch, sequence=dpo.sequence
     )
     assert (dpo.sequences_per_sample, sft.sequences_per_sample) == (2, 1)
     assert dpo.local_tokens == 2 * sft.local_tokens

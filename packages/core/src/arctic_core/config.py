@@ -123,7 +123,7 @@ class ModelConfig:
     )
     disable_activation_checkpoint: bool | None = setting(
         None,
-        doc="true: activation checkpointing off; false: on; unset: auto (on when activations would not fit).",
+        doc="true: activation checkpointing off; false: on; unset: auto (on when the planned peak without it would not fit).",
     )
     hf_config_kwargs: dict[str, Any] = setting(
         factory=dict, doc="Overrides for the model's config; a changed shape means random init."

@@ -260,7 +260,7 @@ class Trainer:
         self.features.before_model(self)
         model = self.build_model()
         checkpointing, why = apply_activation_checkpointing(
-            model, self.config, device=self.device, zero_stage=self.zero_stage, dp_size=self.topology.dp_size
+            model, self.config, device=self.device, world=self.world_size, deepspeed=self.ds_config
         )
         self.log.info("activation checkpointing %s: %s", "on" if checkpointing else "off", why)
         model = self.transform_model(model)

@@ -8,9 +8,9 @@
   the DeepSpeed config with transformers (`set_hf_deepspeed_config`), which then wraps
   construction in `deepspeed.zero.Init` and loads weights shard by shard.
 - Activation checkpointing (non-reentrant): `model.disable_activation_checkpoint` true turns it off,
-  false turns it on; unset (the default) is *auto*: the trainer turns it on only when the estimated
-  activations of one micro-batch, with the training state, would not fit the device's available memory
-  (`choose_activation_checkpointing`), and logs the choice with the estimate.
+  false turns it on; unset (the default) is *auto*: the trainer leaves it off only when `arctic plan`'s
+  peak per device without it fits the device's memory (`apply_activation_checkpointing`, which asks
+  `arctic_core.plan`), and logs the choice with the planned peaks of both settings.
 - `select_trainable` applies `model.trainable_parameters` / `model.frozen_parameters` globs.
 - PEFT adapters (`model.peft_config`) are added by the trainer after `transform_model`
   (`arctic_core.engine.peft`), not here.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -140,104 +141,55 @@ def enable_activation_checkpointing(model: Any) -> bool:
     return True
 
 
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-HEADROOM = 0.8
-"""Activations plus training state must fit in this share of the available memory to leave checkpointing off."""
+def available_bytes(device: torch.device, *, world: int = 1) -> int:
+    """Memory one rank may plan a step with, as `arctic plan` counts a device's memory.
 
-
-def activation_bytes(
-    hf_config: Any, tokens: int, *, sequence: int, dtype: str, attn_implementation: str = "sdpa"
-) -> int:
-    """Estimated memory autograd keeps for one micro-batch of `tokens` tokens without checkpointing.
-
-    Per token and decoder layer (a Llama-shaped block), the tensors saved for backward: the two norms'
-    inputs and outputs (4 H), q/k/v before and after rotary embedding (2 (q + 2 kv)), the attention
-    output (q), the gated MLP's gate, up, activation and product (4 I); with eager attention also its
-    probabilities (heads x `sequence`). The loss keeps no logits (chunked). An estimate: real
-    models save a little more (norm statistics, masks, dropout).
+    On a GPU: its total memory less what other processes hold, i.e. the free memory plus what this
+    process already holds (PyTorch's reserved memory and the plan's fixed costs: CUDA context, NCCL),
+    at most the total. On CPU: the machine's available RAM shared by the ranks on it.
     """
-    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
-    layers = int(getattr(hf_config, "num_hidden_layers", 0) or 0)
-    heads = int(getattr(hf_config, "num_attention_heads", 0) or 1)
-    kv_heads = int(getattr(hf_config, "num_key_value_heads", 0) or heads)
-    head_dim = int(getattr(hf_config, "head_dim", 0) or hidden // heads)
-    inter = int(getattr(hf_config, "intermediate_size", 0) or 4 * hidden)
-    q, kv = heads * head_dim, kv_heads * head_dim
-    per_token = 4 * hidden + 2 * (q + 2 * kv) + q + 4 * inter
-    if attn_implementation == "eager":
-        per_token += heads * sequence
-    return layers * tokens * per_token * BYTES.get(dtype, 4) + tokens * hidden * 4 * 4
-
-
-def training_state_bytes(params: int, *, dtype: str, zero_stage: int, dp_size: int) -> int:
-    """Weights, gradients and AdamW state of `params` parameters on one rank (fp32 master copy in bf16/fp16)."""
-    weight = grad = BYTES.get(dtype, 4)
-    optimizer = 8 + (4 if weight != 4 else 0)
-    shards = max(dp_size, 1)
-    return int(
-        params
-        * (
-            weight / (shards if zero_stage >= 3 else 1)
-            + grad / (shards if zero_stage >= 2 else 1)
-            + optimizer / (shards if zero_stage >= 1 else 1)
-        )
-    )
-
-
-def available_bytes(device: torch.device) -> int:
-    """Free memory of `device`: the GPU's free memory, or the machine's available RAM."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        from arctic_core.plan.estimate import fixed_costs
+
+        free, total = torch.cuda.mem_get_info(device)
+        return int(min(total, free + torch.cuda.memory_reserved(device) + fixed_costs(world)))
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return int(psutil.virtual_memory().available) // ranks
 
 
-def choose_activation_checkpointing(
-    asked: bool | None, *, activations: int, state: int, available: int
-) -> tuple[bool, str]:
-    """(on, why): `asked` True/False wins; None (auto) turns it on when activations + state > 80% available."""
-    gib = 2**30
-    estimate = (
-        f"estimated activations {activations / gib:.2f} GiB + training state {state / gib:.2f} GiB, "
-        f"{available / gib:.2f} GiB available"
-    )
-    if asked is not None:
-        return (
-            asked,
-            f"the recipe asks for it ({estimate})" if asked else "model.disable_activation_checkpoint",
-        )
-    if activations + state > HEADROOM * available:
-        return True, f"auto: {estimate}, would not fit"
-    return False, f"auto: {estimate}, fits"
+def agreed_bytes(memory: int, device: torch.device) -> int:
+    """The smallest `memory` over the ranks (one collective), so that every rank makes the same choice."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return memory
+    value = torch.tensor([memory], dtype=torch.int64, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
 
 
 def apply_activation_checkpointing(
-    model: Any, config: Any, *, device: torch.device, zero_stage: int, dp_size: int
+    model: Any, config: Any, *, device: torch.device, world: int, deepspeed: dict[str, Any] | None = None
 ) -> tuple[bool, str]:
     """Decide activation checkpointing for the trained `model` of recipe `config`, turn it on if chosen.
 
     The recipe asks with `model.disable_activation_checkpoint` (false: on, true: off) or with a key
-    that needs checkpoints (`activation_checkpoint_cpu_offload`); otherwise the estimate decides for a
-    micro-batch of `micro_batch_size` x `data.max_length` tokens. Returns (on, why) for the log.
+    that needs checkpoints (`activation_checkpoint_cpu_offload`). Otherwise (auto) `arctic plan`'s
+    estimate decides (`arctic_core.plan.planner.run_checkpointing`): the planned peak per device of a
+    micro-batch of `micro_batch_size` x `data.max_length` tokens without and with checkpointing, for
+    `world` ranks with the run's DeepSpeed config `deepspeed`, against `available_bytes` (the smallest
+    over the ranks); off only when off fits. Every rank calls it (a collective). Returns (on, why).
     """
-    disabled = config.model.disable_activation_checkpoint
-    asked = None if disabled is None else not disabled
-    if getattr(config, "activation_checkpoint_cpu_offload", False) and asked is None:
-        asked = True  # offloading checkpoints needs them
-    hf_config = getattr(model, "config", None)
-    activations = activation_bytes(
-        hf_config,
-        config.micro_batch_size * config.data.max_length,
-        sequence=config.data.max_length,
-        dtype=config.model.dtype,
-        attn_implementation=config.model.attn_implementation,
-    )
-    params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
-    state = training_state_bytes(params, dtype=config.model.dtype, zero_stage=zero_stage, dp_size=dp_size)
-    on, why = choose_activation_checkpointing(
-        asked, activations=activations, state=state, available=available_bytes(device)
-    )
+    from arctic_core.plan.planner import checkpointing_asked, run_checkpointing
+
+    on, why = checkpointing_asked(config)
+    if on is None:
+        memory = agreed_bytes(available_bytes(device, world=world), device)
+        on, why = run_checkpointing(
+            config, memory=memory, world=world, deepspeed=deepspeed, device_overheads=device.type == "cuda"
+        )
     if on and not enable_activation_checkpointing(model):
         return False, f"{why}; but {type(model).__name__} does not support it"
     return on, why

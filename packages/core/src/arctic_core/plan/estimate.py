@@ -85,6 +85,7 @@ class PlanSetup:
     offload_param: bool = False
     optimizer: str = "adamw"
     checkpointing: bool = False
+    checkpointing_why: str = ""  # why checkpointing is on or off (the recipe, or the automatic choice)
     checkpoint_offload: bool = False  # checkpointed layer inputs kept in host memory
     mlp_tile_tokens: int | None = None  # tiled MLP: tokens per tile (None: not tiled)
     attention: str = "sdpa"
@@ -345,6 +346,11 @@ def zero_buffer_terms(setup: PlanSetup) -> list[Term]:
 # --- the estimate ------------------------------------------------------------------------------------
 
 
+def fixed_costs(world: int) -> int:
+    """What a GPU process holds outside PyTorch's tensors: the CUDA context and NCCL's communicators."""
+    return CUDA_CONTEXT + (NCCL_PER_PROCESS if world > 1 else NCCL_ONE_RANK)
+
+
 def estimate(setup: PlanSetup) -> Estimate:
     """Every term of `setup` and the peak per device."""
     terms = state_terms(setup) + zero_buffer_terms(setup) + activation_terms(setup) + loss_terms(setup)
@@ -355,12 +361,11 @@ def estimate(setup: PlanSetup) -> Estimate:
     peak = always + totals[phase]
     if setup.device_overheads:
         fragmentation = int(FRAGMENTATION * peak)
-        nccl = NCCL_PER_PROCESS if setup.world > 1 else NCCL_ONE_RANK
         terms += [
             Term(
                 name="allocator fragmentation", bytes=fragmentation, note=f"{FRAGMENTATION:.0%} of the peak"
             ),
-            Term(name="CUDA context + NCCL", bytes=CUDA_CONTEXT + nccl, note="fixed per process"),
+            Term(name="CUDA context + NCCL", bytes=fixed_costs(setup.world), note="fixed per process"),
         ]
-        peak += fragmentation + CUDA_CONTEXT + nccl
+        peak += fragmentation + fixed_costs(setup.world)
     return Estimate(setup=setup, terms=tuple(terms), peak=peak, peak_phase=phase)

@@ -49,6 +49,11 @@ class Hardware:
         return f"{self.devices}x{self.name}{nodes} ({self.memory / GIB:.1f} GiB per device)"
 
 
+def human(size: int) -> str:
+    """`size` bytes as GiB (two decimals) from 1 GiB on, else as MiB (one decimal)."""
+    return f"{size / GIB:.2f} GiB" if abs(size) >= GIB else f"{size / MIB:.1f} MiB"
+
+
 def accepted() -> str:
     return ", ".join(PRESETS)
 

@@ -5,6 +5,9 @@ the recipe, then lets the recipe's method (`Method.plan`) and every feature the 
 (`Feature.plan`) adjust it: each is a `"module:function"` taking and returning a `PlanSetup`. They
 are called again for every micro batch and sequence length the search tries, so they read
 `setup.micro_batch` and `setup.sequence` (never the recipe's `data.max_length`).
+
+Activation checkpointing left automatic is decided here, for `arctic plan` and for a running trainer
+alike (`run_checkpointing`): off only when the planned peak without it fits the device's memory.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import attrs
 from arctic_core import features, plugins
 from arctic_core.errors import ArcticError, RecipeError
 from arctic_core.plan.estimate import Estimate, Lever, PlanSetup, estimate
-from arctic_core.plan.hardware import Hardware
+from arctic_core.plan.hardware import Hardware, human
 from arctic_core.plan.shape import ModelShape, lora_parameters
 
 PlanFunction = Callable[[PlanSetup], PlanSetup]
@@ -58,23 +61,25 @@ def contributors(config: Any) -> list[tuple[str, PlanFunction]]:
     return found
 
 
-def _checkpointing(config: Any, shape_config: Any, setup: PlanSetup, memory: int) -> tuple[bool, str]:
-    """What the trainer would decide (`arctic_core.engine.model.apply_activation_checkpointing`)."""
-    from arctic_core.engine.model import (
-        activation_bytes,
-        choose_activation_checkpointing,
-        training_state_bytes,
-    )
-
+def checkpointing_asked(config: Any) -> tuple[bool | None, str]:
+    """(on, why) when the recipe decides activation checkpointing itself; (None, "") when it is auto."""
     disabled = config.model.disable_activation_checkpoint
-    asked = None if disabled is None else not disabled
-    tokens = setup.micro_batch * setup.sequence
-    activations = activation_bytes(
-        shape_config, tokens, sequence=setup.sequence, dtype=setup.dtype, attn_implementation=setup.attention
-    )
-    dp = max(setup.world, 1)
-    state = training_state_bytes(setup.parameters, dtype=setup.dtype, zero_stage=setup.zero_stage, dp_size=dp)
-    return choose_activation_checkpointing(asked, activations=activations, state=state, available=memory)
+    if disabled is not None:
+        return not disabled, f"model.disable_activation_checkpoint = {'true' if disabled else 'false'}"
+    if getattr(config, "activation_checkpoint_cpu_offload", False):  # arctic-alst's key
+        return True, "activation_checkpoint_cpu_offload needs it"
+    return None, ""
+
+
+def choose_checkpointing(without: int, with_: int, memory: int) -> tuple[bool, str]:
+    """Auto: off only when the planned peak without checkpointing fits `memory` (`arctic plan`'s rule, peak
+    <= memory); else on, saying so when neither fits. `without`/`with_` are the planned peaks per device."""
+    numbers = f"planned peak {human(without)} without, {human(with_)} with, of {human(memory)} per device"
+    if without <= memory:
+        return False, f"auto: {numbers}: fits without"
+    if with_ <= memory:
+        return True, f"auto: {numbers}: fits only with it"
+    return True, f"auto: {numbers}: fits neither way, expect out of memory (arctic plan suggests changes)"
 
 
 def core_levers(setup: PlanSetup) -> tuple[Lever, ...]:
@@ -101,12 +106,23 @@ def core_levers(setup: PlanSetup) -> tuple[Lever, ...]:
 
 
 def base_setup(
-    config: Any, shape: ModelShape, shape_config: Any, hardware: Hardware, *, micro_batch: int, sequence: int
+    config: Any,
+    shape: ModelShape,
+    hardware: Hardware,
+    *,
+    micro_batch: int,
+    sequence: int,
+    checkpointing: bool = False,
+    deepspeed: dict[str, Any] | None = None,
+    device_overheads: bool = True,
 ) -> PlanSetup:
-    """Core's view of the run: precision, ZeRO, offload, checkpointing, PEFT; before methods and features."""
+    """Core's view of the run: precision, ZeRO, offload, PEFT, with `checkpointing`; before methods and features.
+
+    `deepspeed` is the run's DeepSpeed config (a running trainer has it); None builds it for the hardware.
+    """
     from arctic_core.engine.deepspeed_config import build_deepspeed_config
 
-    ds = build_deepspeed_config(config, hardware.world_size)
+    ds = deepspeed if deepspeed is not None else build_deepspeed_config(config, hardware.world_size)
     zero = ds.get("zero_optimization", {})
     parameters = shape.parameters()
     peft = config.model.peft_config
@@ -124,29 +140,87 @@ def base_setup(
         attention=config.model.attn_implementation,
         parameters=parameters,
         trainable=lora_parameters(shape, peft) if peft else parameters,
+        checkpointing=checkpointing,
         deepspeed=ds,
-        device_overheads=True,
+        device_overheads=device_overheads,
     )
     if peft:
         setup = attrs.evolve(setup, parameters=parameters + setup.trainable)
-    on, why = _checkpointing(config, shape_config, setup, hardware.memory)
-    notes: tuple[str, ...] = (f"activation checkpointing {'on' if on else 'off'}: {why}",)
     if config.model.trainable_parameters or config.model.frozen_parameters:
-        notes += (
-            "model.trainable_parameters/frozen_parameters are not resolved: every parameter counts as trained",
+        note = (
+            "model.trainable_parameters/frozen_parameters are not resolved: every parameter counts as trained"
         )
-    setup = attrs.evolve(setup, checkpointing=on, notes=notes)
+        setup = attrs.evolve(setup, notes=(note,))
     return attrs.evolve(setup, levers=core_levers(setup))
 
 
 def setup_for(
-    config: Any, shape: ModelShape, shape_config: Any, hardware: Hardware, *, micro_batch: int, sequence: int
+    config: Any,
+    shape: ModelShape,
+    hardware: Hardware,
+    *,
+    micro_batch: int,
+    sequence: int,
+    deepspeed: dict[str, Any] | None = None,
+    device_overheads: bool = True,
+    adjust: PlanFunction | None = None,
 ) -> PlanSetup:
-    """The run's `PlanSetup` after the method's and the features' plan functions."""
-    setup = base_setup(config, shape, shape_config, hardware, micro_batch=micro_batch, sequence=sequence)
-    for _, plan in contributors(config):
-        setup = plan(setup)
-    return setup
+    """The run's `PlanSetup` after the method's and the features' plan functions (then `adjust`).
+
+    Activation checkpointing as the recipe asks; when it is auto, the setup of each setting is estimated
+    and `choose_checkpointing` picks one against `hardware.memory`. A running trainer decides with this
+    same function (`arctic_core.engine.model.apply_activation_checkpointing`): one model, one rule.
+    """
+
+    def build(checkpointing: bool) -> PlanSetup:
+        setup = base_setup(
+            config,
+            shape,
+            hardware,
+            micro_batch=micro_batch,
+            sequence=sequence,
+            checkpointing=checkpointing,
+            deepspeed=deepspeed,
+            device_overheads=device_overheads,
+        )
+        for _, plan in contributors(config):
+            setup = plan(setup)
+        return adjust(setup) if adjust is not None else setup
+
+    on, why = checkpointing_asked(config)
+    if on is None:
+        without, with_ = build(False), build(True)
+        on, why = choose_checkpointing(estimate(without).peak, estimate(with_).peak, hardware.memory)
+        setup = with_ if on else without
+    else:
+        setup = build(on)
+    note = f"activation checkpointing {'on' if on else 'off'}: {why}"
+    return attrs.evolve(setup, checkpointing_why=why, notes=(note, *setup.notes))
+
+
+def run_checkpointing(
+    config: Any, *, memory: int, world: int, deepspeed: dict[str, Any] | None, device_overheads: bool
+) -> tuple[bool, str]:
+    """(on, why): a running trainer's automatic choice, `arctic plan`'s for `world` devices of `memory` bytes.
+
+    The model's shape is read from the recipe's `[model]` as `arctic plan` reads it. A model the planner
+    cannot plan (a config without a decoder's sizes, a plan function that fails on it) leaves
+    checkpointing on, and the reason says why.
+    """
+    hardware = Hardware(name="device", devices=world, memory=memory)
+    try:
+        setup = setup_for(
+            config,
+            ModelShape.from_hf_config(hf_config(config.model)),
+            hardware,
+            micro_batch=config.micro_batch_size,
+            sequence=config.data.max_length,
+            deepspeed=deepspeed,
+            device_overheads=device_overheads,
+        )
+    except (ArcticError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        return True, f"auto: cannot plan the memory of {config.model.name_or_path!r} ({exc}), so on"
+    return setup.checkpointing, setup.checkpointing_why
 
 
 @attrs.frozen(kw_only=True)
@@ -166,11 +240,15 @@ class Planner:
     def setup(self, micro_batch: int | None = None, sequence: int | None = None) -> PlanSetup:
         mbs = micro_batch or self.config.micro_batch_size
         seq = sequence or self.config.data.max_length
-        setup = setup_for(
-            self.config, self.shape, self.shape_config, self.hardware, micro_batch=mbs, sequence=seq
+        return setup_for(
+            self.config,
+            self.shape,
+            self.hardware,
+            micro_batch=mbs,
+            sequence=seq,
+            device_overheads=self.device_overheads,
+            adjust=self.adjust,
         )
-        setup = attrs.evolve(setup, device_overheads=self.device_overheads)
-        return self.adjust(setup) if self.adjust is not None else setup
 
     def estimate(self, micro_batch: int | None = None, sequence: int | None = None) -> Estimate:
         return estimate(self.setup(micro_batch, sequence))

@@ -18,15 +18,9 @@ from arctic_core.plan.estimate import (
     Lever,
     Term,
 )
-from arctic_core.plan.hardware import GIB, Hardware
+from arctic_core.plan.hardware import Hardware, human
 from arctic_core.plan.planner import Planner, hf_config
 from arctic_core.plan.shape import ModelShape
-
-MIB = 2**20
-
-
-def human(size: int) -> str:
-    return f"{size / GIB:.2f} GiB" if abs(size) >= GIB else f"{size / MIB:.1f} MiB"
 
 
 @attrs.frozen(kw_only=True)
