@@ -8,13 +8,20 @@ summed over ranks, must equal the gradient of the one-rank loss on the whole glo
 same two ranks copy parameters partitioned over both of them (`init_parameters_from`, ZeRO-3), and
 sum partial scores with `all_reduce_sum_with_grad` the way DPO does under sequence parallelism (each
 rank a slice of every sequence, the same loss and weight on both): summed gradients = one rank's.
-The other ZeRO-3 tests run on one rank with DeepSpeed's CPU accelerator, on parameters built under
-`deepspeed.zero.Init` (partitioned: empty until gathered).
+The same spawn runs the lockstep helpers with uneven shards (3 items against 1, 2 against 0, 0
+against 3, none at all): `sharded_map` must return each rank's own results, in order, and call `fn`
+(here a collective, as a ZeRO-3 forward is) as often on both ranks; `agree_max` must give the
+maximum; and `evals.generation_accuracy` (a site built on them) must count every held-out pair once
+on two ranks and run the model as often on both. A rank out of step hangs: the spawn is joined
+with a deadline. The other ZeRO-3 tests run on one rank with DeepSpeed's CPU accelerator, on
+parameters built under `deepspeed.zero.Init` (partitioned: empty until gathered).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,12 +29,15 @@ import torch.nn.functional as F
 
 from arctic_core.engine import distributed
 from arctic_core.gather import (
+    agree_max,
     all_gather_detached,
     all_gather_with_grad,
     all_reduce_sum_with_grad,
     gathered_parameters,
     gathered_state_dict,
     init_parameters_from,
+    lockstep,
+    sharded_map,
 )
 from arctic_core.testing import finish_spawned_rank, start_spawned_rank
 
@@ -130,26 +140,135 @@ def rank_zero3() -> dict[str, dict[str, torch.Tensor]]:
     return {"src": gathered_state_dict(src, zero3=True), "dst": gathered_state_dict(dst, zero3=True)}
 
 
-def rank_main(rank: int, port: int, out: str) -> None:
-    """One spawned rank: every scenario, a detached gather, the ZeRO-3 copy; rank 0 saves the results."""
+SHARDS = [(3, 1), (2, 0), (0, 3), (0, 0)]
+"""Items held by rank 0 and rank 1 in each lockstep scenario."""
+DEADLINE_S = 240
+"""How long the two ranks may take; past it they are out of step (a hang) and the test fails."""
+
+
+def rank_sharded_map(rank: int, sizes: tuple[int, int]) -> dict[str, Any]:
+    """`sharded_map` over this rank's items; `fn` all-reduces (as a ZeRO-3 forward gathers) and counts."""
+    seen: list[int] = []
+    fillers: list[int] = []
+
+    def forward(item: int) -> int:
+        torch.distributed.all_reduce(torch.ones(1))
+        seen.append(item)
+        return item * 10
+
+    def filler() -> int:
+        fillers.append(-1)
+        return -1
+
+    items = [100 * rank + i for i in range(sizes[rank])]
+    results = sharded_map(forward, items, filler=filler)
+    calls = all_gather_detached(torch.tensor([len(seen)])).tolist()
+    return {"results": results, "seen": seen, "fillers": len(fillers), "calls": calls}
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    from arctic_core.engine.checkpoint import stop_token_ids
+
+    return stop_token_ids(model.config, model.generation_config, tokenizer)
+
+
+def held_out_pairs(count: int) -> list[tuple[list[dict[str, str]], str]]:
+    """`count` prompts; the reference answer of every even one is the tiny model's own greedy answer."""
+    from arctic_core import evals
+    from arctic_core.testing import tiny_model, tiny_tokenizer
+
+    model, tokenizer = tiny_model(seed=5), tiny_tokenizer()
+    stops = stop_ids(model, tokenizer)
+    pairs = []
+    for i in range(count):
+        prompt = [{"role": "user", "content": f"What is {i} + {2 * i + 1}?"}]
+        inputs = evals._left_padded(tokenizer, [prompt], stops[0])
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, max_new_tokens=4, do_sample=False, eos_token_id=stops, pad_token_id=stops[0]
+            )
+        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        pairs.append((prompt, answer if i % 2 == 0 else answer + " (wrong)"))
+    return pairs
+
+
+def rank_generation_accuracy(rank: int, pairs: list) -> dict[str, list[int]]:
+    """Both ranks' (correct, total) and model calls (synced_gpus all-reduces at every decoding step)."""
+    from arctic_core import evals
+    from arctic_core.testing import tiny_model, tiny_tokenizer
+
+    model, tokenizer = tiny_model(seed=5), tiny_tokenizer()
+    forwards: list[int] = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    correct, total = evals.generation_accuracy(
+        model,
+        tokenizer,
+        pairs,
+        stop_ids=stop_ids(model, tokenizer),
+        max_new_tokens=4,
+        batch_size=1,
+        rank=rank,
+        world_size=2,
+        zero3=True,
+    )
+    counts = all_gather_detached(torch.tensor([[correct, total, len(forwards)]]))
+    return {
+        "correct": counts[:, 0].tolist(),
+        "total": counts[:, 1].tolist(),
+        "forwards": counts[:, 2].tolist(),
+    }
+
+
+def rank_lockstep(rank: int, pairs: list) -> dict[object, Any]:
+    """Every lockstep check of this rank."""
+    results: dict[object, Any] = {sizes: rank_sharded_map(rank, sizes) for sizes in SHARDS}
+    subgroup = torch.distributed.new_group([0, 1])
+    results["agree_max"] = [agree_max(5 * rank + 2), agree_max(-rank, group=subgroup), agree_max(3)]
+    mine = 2 - 2 * rank  # rank 0: 2 items from an iterator (count given), rank 1: none
+    results["rounds"] = list(lockstep(iter(range(mine)), filler=lambda: -1, count=mine))
+    results["accuracy"] = {n: rank_generation_accuracy(rank, pairs[:n]) for n in (3, 1)}
+    return results
+
+
+def rank_main(rank: int, port: int, out: str, pairs: list) -> None:
+    """One spawned rank: every scenario, a detached gather, the ZeRO-3 copy, lockstep; saves its results."""
     start_spawned_rank(rank, 2, port)
     results: dict[object, object] = {sizes: rank_scenario(rank, sizes) for sizes in SPLITS}
     ids = torch.arange(rank * 10, rank * 10 + 2 + rank).unsqueeze(1).expand(-1, 3)  # 2 and 3 rows
     results["detached"] = all_gather_detached(ids.float().requires_grad_())
     results["zero3"] = rank_zero3()
     results["summed"] = summed_scores_grads(rank)
-    if rank == 0:
-        torch.save(results, out)
+    results["lockstep"] = rank_lockstep(rank, pairs)
+    torch.save(results, f"{out}.{rank}")
     finish_spawned_rank()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list]:
+    """Both ranks' results of one spawn of `rank_main`, and the held-out pairs it scored.
+
+    Fails if the ranks have not finished by the deadline (killing them): ranks out of step hang.
+    """
+    out = str(tmp_path_factory.mktemp("two-ranks") / "rank")
+    pairs = held_out_pairs(3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # inherited by the spawned ranks
+        ranks = torch.multiprocessing.spawn(
+            rank_main, args=(distributed.free_port(), out, pairs), nprocs=2, join=False
+        )
+        deadline = time.monotonic() + DEADLINE_S
+        while not ranks.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in ranks.processes:
+                    process.kill()
+                pytest.fail(f"the two ranks did not finish within {DEADLINE_S} s: out of step (a hang)")
+    return [torch.load(f"{out}.{rank}") for rank in range(2)], pairs
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_ranks_all_gather_gives_the_one_rank_gradient_and_zero3_copies(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the spawned ranks
-    out = tmp_path / "rank0.pt"
-    torch.multiprocessing.spawn(rank_main, args=(distributed.free_port(), str(out)), nprocs=2, join=True)
-    results = torch.load(out)
+def test_two_ranks_all_gather_gives_the_one_rank_gradient_and_zero3_copies(two_ranks):
+    results = two_ranks[0][0]
     for sizes in SPLITS:
         expected = one_rank_grads(sum(sizes))
         assert results[sizes].keys() == expected.keys()
@@ -169,6 +288,44 @@ def test_two_ranks_all_gather_gives_the_one_rank_gradient_and_zero3_copies(tmp_p
     assert copied["dst"].keys() == copied["src"].keys() == fresh.keys()
     for name, value in copied["src"].items():
         assert torch.equal(copied["dst"][name], value) and not torch.equal(value, fresh[name]), name
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_ranks_with_uneven_shards_run_in_lockstep(two_ranks):
+    ranks, pairs = two_ranks
+    for sizes in SHARDS:
+        rounds = max(sizes)
+        for rank, result in enumerate(r["lockstep"][sizes] for r in ranks):
+            items = [100 * rank + i for i in range(sizes[rank])]
+            assert result["results"] == [10 * i for i in items], (sizes, rank)  # own items, in order
+            assert result["seen"] == items + [-1] * (rounds - len(items)), (sizes, rank)
+            assert result["fillers"] == int(len(items) < rounds), (sizes, rank)  # built once, if at all
+            assert result["calls"] == [rounds, rounds], (sizes, rank)
+    for rank, result in enumerate(r["lockstep"] for r in ranks):
+        assert result["agree_max"] == [7, 0, 3], rank
+        assert result["rounds"] == ([(0, True), (1, True)] if rank == 0 else [(-1, False), (-1, False)])
+    assert sum(1 for _, answer in pairs if not answer.endswith("(wrong)")) == 2
+    for n, correct in ((3, 2), (1, 1)):  # the model's own answer for pairs 0 and 2; pair 0 is the filler
+        accuracy = ranks[0]["lockstep"]["accuracy"][n]
+        assert accuracy == ranks[1]["lockstep"]["accuracy"][n]
+        assert sum(accuracy["correct"]) == correct and accuracy["total"] == [
+            len(pairs[:n][r::2]) for r in (0, 1)
+        ]
+        assert accuracy["forwards"][0] == accuracy["forwards"][1] > 0, n
+
+
+def test_lockstep_on_one_rank_is_a_plain_map():
+    def boom() -> int:
+        raise AssertionError("no filler on one rank")
+
+    assert agree_max(4) == 4
+    assert sharded_map(lambda x: x + 1, [1, 2], filler=boom) == [2, 3]
+    assert list(lockstep([], filler=boom)) == []
+    with pytest.raises(TypeError, match="count="):
+        lockstep(iter([1]), filler=boom)
+    with pytest.raises(ValueError, match="more items than the count"):
+        list(lockstep(iter([1, 2]), filler=boom, count=1))
 
 
 def test_one_rank_all_gather_is_the_tensor_itself():

@@ -19,7 +19,8 @@ import types
 from typing import Any
 
 import torch
-import torch.distributed as dist
+
+from arctic_core.gather import agree_max
 
 
 def gated_mlp(module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -27,13 +28,8 @@ def gated_mlp(module: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def tile_count(tokens: int, hidden: int, device: torch.device) -> int:
-    """ceil(tokens / hidden), the maximum over every rank when distributed."""
-    count = max(1, math.ceil(tokens / hidden))
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        agreed = torch.tensor(count, device=device)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-        count = int(agreed)
-    return count
+    """ceil(tokens / hidden), the maximum over every rank when distributed (`device` is unused)."""
+    return agree_max(max(1, math.ceil(tokens / hidden)))
 
 
 def tiled_forward(self: Any, x: torch.Tensor) -> torch.Tensor:

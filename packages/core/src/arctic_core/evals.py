@@ -6,7 +6,8 @@ reference answer? Each row of `[generation_eval] path` is a chat conversation wh
 message is the assistant's reference answer; the model sees the earlier messages (with the
 generation prompt), decodes greedily until an end-of-turn or EOS token, and scores an exact
 match after stripping whitespace. Rows are split over ranks (every rank runs the same
-number of batches, so ZeRO-3's collective gathers stay in step) and counts are summed.
+number of batches through `arctic_core.gather.sharded_map`, so ZeRO-3's collective gathers
+stay in step) and counts are summed.
 """
 
 from __future__ import annotations
@@ -73,15 +74,19 @@ def generation_accuracy(
     world_size: int = 1,
     zero3: bool = False,
 ) -> tuple[int, int]:
-    """(correct, total) over this rank's share of `pairs`; callers sum over ranks."""
+    """(correct, total) over this rank's share of `pairs` (`rank`, `world_size`: the default group's); callers sum.
+
+    Every rank decodes as many batches (`arctic_core.gather.sharded_map`; filler batches are
+    decoded and dropped) and, under ZeRO-3, as many steps per batch (`synced_gpus`).
+    """
+    from arctic_core.gather import sharded_map
+
     mine = pairs[rank::world_size]
-    batches = -(-len(pairs[0::world_size]) // batch_size)  # the largest share sets the count
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
-    for index in range(batches):
-        chunk = mine[index * batch_size : (index + 1) * batch_size] or pairs[:1]
+
+    def score(chunk: list[tuple[list[dict[str, str]], str]]) -> int:
         inputs = {
             k: v.to(device) for k, v in _left_padded(tokenizer, [p for p, _ in chunk], stop_ids[0]).items()
         }
@@ -93,11 +98,11 @@ def generation_accuracy(
             pad_token_id=stop_ids[0],
             synced_gpus=zero3 and world_size > 1,
         )
-        if index * batch_size >= len(mine):
-            continue  # a filler batch that kept this rank in step with the others
         width = inputs["input_ids"].shape[1]
-        for row, (_, answer) in enumerate(chunk):
-            text = tokenizer.decode(output[row, width:], skip_special_tokens=True)
-            correct += int(text.strip() == answer.strip())
+        answers = [tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
+        return sum(int(text.strip() == answer.strip()) for text, (_, answer) in zip(answers, chunk))
+
+    chunks = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+    correct = sum(sharded_map(score, chunks, filler=lambda: pairs[:1]))
     model.train(was_training)
     return correct, len(mine)

@@ -1,4 +1,4 @@
-"""Gathering across ranks: a differentiable all-gather of activations, and ZeRO-3 parameters made whole.
+"""Across ranks: a differentiable all-gather of activations, ZeRO-3 parameters made whole, lockstep work.
 
 `all_gather_with_grad(x)` returns `[x_0; x_1; ...; x_{R-1}]`, every rank's tensor concatenated
 along dim 0 (first dims may differ between ranks). Its backward hands each rank the gradient of
@@ -11,6 +11,14 @@ gradients over ranks, so a trainer scales each rank's loss by w_r·R (see docs/l
 `all_reduce_sum_with_grad(x, group)` sums partial results over a group (forward and backward: an
 all-reduce), e.g. per-sequence log-probs over a sequence-parallel group.
 
+Work that ranks must do in lockstep (every forward of a ZeRO-3 model gathers parameters
+collectively, so every rank must run as many) goes through one helper, never a hand-written loop:
+`agree_max(n)` is the largest `n` of any rank; `lockstep(items, filler=...)` yields this rank's
+items, then a filler until every rank has had as many rounds; `sharded_map(fn, items, filler=...)`
+applies `fn` to both and keeps the results of the items only. A rank with no items still takes
+part (it runs fillers only). Sharding itself stays with the caller (`items[rank::size]`, a loader's
+share); `group_rank_and_size(group)` gives the place to shard by.
+
 Under ZeRO-3 each rank holds a slice of every parameter. `gathered_parameters` makes some whole
 for the length of a block (`deepspeed.zero.GatheredParameters`; changes made on `modifier_rank`
 are kept and broadcast, without it they are discarded); `gathered_state_dict` collects a module's
@@ -20,25 +28,110 @@ parameters into others (a method initialising new weights from existing ones).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from arctic_core.engine import distributed
 
+T = TypeVar("T")
+R = TypeVar("R")
 
-def _group_rank_and_size(group: Any) -> tuple[int, int]:
+
+def group_rank_and_size(group: Any = None) -> tuple[int, int]:
+    """This process's rank in `group` (None: all ranks) and the group's size; (0, 1) without a process group."""
     if not dist.is_available() or not dist.is_initialized():
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def _collective_device(group: Any) -> torch.device:
+    """Where a small tensor for a collective of `group` lives: the current GPU under NCCL, else the CPU."""
+    if "nccl" in str(dist.get_backend(group)):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree_max(value: int, group: Any = None) -> int:
+    """The largest `value` any rank of `group` (None: all ranks) passes; every rank of it must call this.
+
+    For counts that decide how often a collective runs (batches of sharded inference, loss chunks,
+    MLP tiles, a stop flag). Without a process group, or in a group of one, it is `value` itself.
+    The group is the one whose collectives the count paces: ZeRO-3 gathers parameters over all
+    ranks, so the default (every rank, sequence-parallel peers included) is right for forwards.
+    """
+    if group_rank_and_size(group)[1] == 1:
+        return int(value)
+    agreed = torch.tensor([int(value)], dtype=torch.int64, device=_collective_device(group))
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=group)
+    return int(agreed.item())
+
+
+def lockstep(
+    items: Iterable[T], *, filler: Callable[[], T], count: int | None = None, group: Any = None
+) -> Iterator[tuple[T, bool]]:
+    """This rank's `items`, each with True; then `filler()` with False until every rank of `group` had as many.
+
+    The number of rounds is `agree_max` of each rank's count (`count`, or `len(items)`), agreed when
+    `lockstep` is called, so every rank of `group` must call it, and iterate it to the end, even one
+    with no items (it gets fillers only). `filler` is called at most once, the first time this rank
+    runs out, and that one object is yielded for every later round: make it a valid input (e.g. the
+    dataset's first sample) whose results the caller discards. With no rank holding an item, nothing
+    is yielded and `filler` is never called.
+    """
+    if count is None:
+        if not isinstance(items, Sized):
+            raise TypeError("lockstep: pass count= for items without a length (an iterator)")
+        count = len(items)
+    return _rounds(iter(items), filler, agree_max(count, group))
+
+
+_END: Any = object()
+
+
+def _rounds(mine: Iterator[T], filler: Callable[[], T], rounds: int) -> Iterator[tuple[T, bool]]:
+    spare: list[T] = []
+    for _ in range(rounds):
+        item = next(mine, _END)
+        if item is not _END:
+            yield item, True
+            continue
+        if not spare:
+            spare.append(filler())
+        yield spare[0], False
+    if next(mine, _END) is not _END:
+        raise ValueError(f"lockstep: more items than the count given ({rounds} rounds agreed)")
+
+
+def sharded_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    filler: Callable[[], T],
+    count: int | None = None,
+    group: Any = None,
+) -> list[R]:
+    """`[fn(item) for item in items]`, with `fn(filler())` run as often as every rank of `group` needs.
+
+    Every rank of `group` calls `fn` the same number of times: as many as the rank with the most
+    items (see `lockstep`; every rank must call this, one with no items too). Results of fillers
+    are discarded. `items` is this rank's share; combining the shares is the caller's (a sum, an
+    `all_gather_detached`).
+    """
+    results = []
+    for item, real in lockstep(items, filler=filler, count=count, group=group):
+        result = fn(item)
+        if real:
+            results.append(result)
+    return results
+
+
 def _gather_padded(tensor: torch.Tensor, group: Any) -> tuple[torch.Tensor, list[int]]:
     """Every rank's `tensor` concatenated along dim 0, and each rank's first-dim size."""
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     local = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
     sizes = [torch.zeros_like(local) for _ in range(size)]
     dist.all_gather(sizes, local, group=group)
@@ -55,7 +148,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
         gathered, counts = _gather_padded(tensor.detach(), group)
-        rank, _ = _group_rank_and_size(group)
+        rank, _ = group_rank_and_size(group)
         ctx.group = group
         ctx.start = sum(counts[:rank])
         ctx.count = counts[rank]
@@ -74,7 +167,7 @@ def all_gather_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.Tenso
     Every rank of the group must call it (and, when it is differentiated, run backward). First dims may
     differ between ranks; the other dims must match. One rank or no process group: `tensor` itself.
     """
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     if size == 1:
         return tensor
     result: torch.Tensor = _AllGatherWithGrad.apply(tensor, group)
@@ -108,7 +201,7 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.T
     than one rank) it is a plain sum (the tensor itself on one rank). Every rank of the group must
     call it, and run backward when it is differentiated.
     """
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     if size == 1:
         return tensor
     if not (torch.is_grad_enabled() and tensor.requires_grad):
@@ -121,7 +214,7 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.T
 
 def all_gather_detached(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     """`[x_0; ...; x_{R-1}]` along dim 0, outside the graph (first dims may differ between ranks)."""
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     if size == 1:
         return tensor.detach()
     with torch.no_grad():

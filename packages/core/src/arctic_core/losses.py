@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from arctic_core.gather import agree_max
 from arctic_core.kernels import ce_value_and_grad_
 
 IGNORE_INDEX = -100
@@ -119,18 +120,15 @@ def _call_head(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return head(hidden)
 
 
-def chunk_starts(rows: int, chunk_size: int, *heads: torch.nn.Module, device: Any = None) -> range:
+def chunk_starts(rows: int, chunk_size: int, *heads: torch.nn.Module) -> range:
     """Start rows of the chunks; under ZeRO-3 on several ranks, as many chunks as the busiest rank has.
 
     A rank's extra chunks start past its last row (empty slices), so every rank calls the head, a
     collective, the same number of times. Every rank must call this (it all-reduces then).
     """
     count = -(-rows // chunk_size)
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and zero3_head(*heads):
-        agreed = torch.tensor([count], dtype=torch.int64, device=device)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-        count = int(agreed.item())
+    if zero3_head(*heads):
+        count = agree_max(count)  # over every rank: the group the partitioned head gathers over
     return range(0, count * chunk_size, chunk_size)
 
 
@@ -377,7 +375,7 @@ def chunked_cross_entropy_sum(
         with whole_head(head):
             return fused_linear_cross_entropy(hidden, head.weight, targets, head.bias, **options)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in chunk_starts(hidden.shape[0], chunk_size, head, device=hidden.device):
+    for start in chunk_starts(hidden.shape[0], chunk_size, head):
         part = slice(start, start + chunk_size)
         total = total + checkpoint(
             _chunk_loss_sum, head, hidden[part], targets[part], scale, cap, use_reentrant=False
@@ -411,7 +409,7 @@ def token_log_probs(
                 hidden, head.weight, targets, head.bias, chunk_size=chunk_size, scale=scale, softcap=cap
             )
     parts = []
-    for start in chunk_starts(hidden.shape[0], chunk_size, head, device=hidden.device):
+    for start in chunk_starts(hidden.shape[0], chunk_size, head):
         part = slice(start, start + chunk_size)
         if torch.is_grad_enabled():
             parts.append(
@@ -478,9 +476,7 @@ def distillation_kl_sum(
     teacher_transform = logit_transform(config if teacher_config is None else teacher_config)
     teacher_hidden = teacher_hidden.detach()
     total = student_hidden.new_zeros((), dtype=torch.float32)
-    starts = chunk_starts(
-        student_hidden.shape[0], chunk_size, student_head, teacher_head, device=student_hidden.device
-    )
+    starts = chunk_starts(student_hidden.shape[0], chunk_size, student_head, teacher_head)
     for start in starts:
         part = slice(start, start + chunk_size)
         total = total + checkpoint(

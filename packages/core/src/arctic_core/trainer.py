@@ -636,18 +636,24 @@ class Trainer:
         parameters collectively, so every rank must run as many forwards)."""
         from arctic_core.engine.loaders import eval_batch_count, eval_batches
         from arctic_core.engine.loop import to_device
+        from arctic_core.gather import lockstep
 
-        data, mbs, dp = self.eval_dataset, self.config.micro_batch_size, self.topology.dp_size
-        rounds = max(eval_batch_count(data, batch_size=mbs, dp_rank=r, dp_size=dp) for r in range(dp))
-        mine = eval_batches(data, self.collate, batch_size=mbs, dp_rank=self.topology.dp_rank, dp_size=dp)
-        filler: dict[str, Any] | None = None
-        for _ in range(rounds):
-            batch = next(mine, None)
-            if batch is not None:
-                yield self.prepare_batch(to_device(batch, self.device)), True
-                continue
-            filler = filler or self.prepare_batch(to_device(self.collate([data[0]]), self.device))
-            yield filler, False
+        data, mbs, dp, dp_rank = (
+            self.eval_dataset,
+            self.config.micro_batch_size,
+            self.topology.dp_size,
+            self.topology.dp_rank,
+        )
+        loaded = eval_batches(data, self.collate, batch_size=mbs, dp_rank=dp_rank, dp_size=dp)
+
+        def prepared(batch: dict[str, Any]) -> dict[str, Any]:
+            return self.prepare_batch(to_device(batch, self.device))
+
+        yield from lockstep(  # over every rank: the group whose gathers ZeRO-3 runs
+            map(prepared, loaded),
+            filler=lambda: prepared(self.collate([data[0]])),
+            count=eval_batch_count(data, batch_size=mbs, dp_rank=dp_rank, dp_size=dp),
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -130,18 +130,32 @@ def retrieval_metrics(
 
 
 def _shared_encode(module: Any, tokenizer: Any, texts: list[str], group: Any, **kwargs: Any) -> torch.Tensor:
-    """Each rank of `group` embeds every R-th text; all ranks get every embedding (None: embed all here)."""
-    from arctic_core.gather import _group_rank_and_size, all_gather_detached
+    """Each rank of `group` embeds every R-th text; all ranks get every embedding (None: embed all here).
 
-    rank, size = _group_rank_and_size(group) if group is not None else (0, 1)
+    The ranks embed in lockstep (`arctic_core.gather.lockstep`: as many batches each, a rank short
+    of texts, or with none, embeds the first text and drops it), so a ZeRO-3 model's collective
+    forwards stay in step, and a rank with no texts still knows the embedding width to gather.
+    """
+    from arctic_core.gather import all_gather_detached, group_rank_and_size, lockstep
+
+    rank, size = group_rank_and_size(group) if group is not None else (0, 1)
     if size == 1:
         return encode_texts(module, tokenizer, texts, **kwargs)
-    mine = encode_texts(module, tokenizer, texts[rank::size], **kwargs)
-    gathered = all_gather_detached(mine.to(kwargs["device"]), group=group).cpu()
-    counts = [len(texts[r::size]) for r in range(size)]
-    out = torch.empty(len(texts), gathered.shape[1])
+    mine, step = texts[rank::size], kwargs["batch_size"]
+    parts, width = [], 0
+    for batch, real in lockstep(
+        [mine[i : i + step] for i in range(0, len(mine), step)], filler=lambda: texts[:1], group=group
+    ):
+        embedded = encode_texts(module, tokenizer, batch, **kwargs)
+        width = embedded.shape[1]
+        if real:
+            parts.append(embedded)
+    local = torch.cat(parts) if parts else torch.zeros(0, width)
+    gathered = all_gather_detached(local.to(kwargs["device"]), group=group).cpu()
+    out = torch.empty(len(texts), width)
     start = 0
-    for r, count in enumerate(counts):
+    for r in range(size):
+        count = len(texts[r::size])
         out[r::size] = gathered[start : start + count]
         start += count
     return out

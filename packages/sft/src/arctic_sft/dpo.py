@@ -95,17 +95,20 @@ class DPOTrainer(SFTTrainer):
     def with_reference_log_probs(self, dataset: Any) -> Any:
         """`dataset` with the reference's sequence log-prob sums as columns; each rank scores a share."""
         from arctic_core.engine.loop import to_device
+        from arctic_core.gather import sharded_map
 
         size, world, mbs = len(dataset), self.world_size, self.config.micro_batch_size
         mine = list(range(self.rank, size, world))
-        rounds = max(-(-len(range(r, size, world)) // mbs) for r in range(world))
-        scores = torch.zeros((size, 2), dtype=torch.float64, device=self.device)
-        for i in range(rounds):  # every rank runs as many forwards (ZeRO-3 gathers collectively)
-            indices = mine[i * mbs : (i + 1) * mbs] or [0]
+        chunks = [mine[start : start + mbs] for start in range(0, len(mine), mbs)]
+
+        def score(indices: list[int]) -> torch.Tensor:
             batch = to_device(self.collate([dataset[j] for j in indices]), self.device)
-            chosen, rejected = self._reference_forward(batch, sharded=False)
-            if mine[i * mbs : (i + 1) * mbs]:
-                scores[indices] = torch.stack([chosen, rejected], dim=1).double()
+            return torch.stack(self._reference_forward(batch, sharded=False), dim=1).double()
+
+        scores = torch.zeros((size, 2), dtype=torch.float64, device=self.device)
+        # every rank runs as many forwards (ZeRO-3 gathers collectively); fillers score pair 0
+        for indices, pair_scores in zip(chunks, sharded_map(score, chunks, filler=lambda: [0])):
+            scores[indices] = pair_scores
         if world > 1:
             torch.distributed.all_reduce(scores, op=torch.distributed.ReduceOp.SUM)
         columns = scores.cpu().tolist()

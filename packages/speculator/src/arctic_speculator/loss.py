@@ -69,7 +69,7 @@ def trainable_positions(labels: torch.Tensor, position_ids: torch.Tensor | None 
 @torch.no_grad()
 def _correct(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> int:
     correct = 0  # chunk_starts: under ZeRO-3 every rank calls the (partitioned) head as often
-    for start in chunk_starts(rows.shape[0], chunk_size, head, device=rows.device):
+    for start in chunk_starts(rows.shape[0], chunk_size, head):
         part = slice(start, start + chunk_size)
         correct += int((head(rows[part]).argmax(-1) == targets[part]).sum())
     return correct

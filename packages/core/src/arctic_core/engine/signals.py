@@ -75,12 +75,6 @@ class StopRequest:
 
     def agreed(self) -> int:
         """The signal number if any rank was signalled (0 if none); every rank must call this each step."""
-        import torch
+        from arctic_core.gather import agree_max
 
-        from arctic_core.engine import distributed
-
-        if distributed.world_size() == 1:
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.int64, device=distributed.device())
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+        return agree_max(self.signum)
