@@ -62,3 +62,30 @@ def test_tiled_mlp_runs_the_mlp_in_tiles():
     x = torch.randn(1, 150, 64, requires_grad=True)
     mlp(x).sum().backward()
     assert seen == [50, 50, 50] * 2  # three tiles forward, three recomputed in the backward
+
+
+def test_offload_moves_each_layer_input_alone_and_leaves_checkpointing_intact(monkeypatch):
+    """What the offload hooks hand to the CPU copy: each checkpointed layer's input, nothing from
+    inside a layer (those activations are still dropped and recomputed), nothing once removed."""
+    from arctic_alst import offload
+
+    model = tiny_model("llama", seed=1, attention_dropout=0.0).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    handles = offload_checkpoints(model)
+    packed: list[tuple[int, ...]] = []
+    pack = offload._pack
+
+    def recording(x):
+        if x.requires_grad:
+            packed.append(tuple(x.shape))
+        return pack(x)
+
+    monkeypatch.setattr(offload, "_pack", recording)
+    batch = sample_batch(model.config.vocab_size)
+    loss_and_grads(model, batch)
+    assert packed == [(2, 150, 64)] * 2  # the two decoder layers' inputs, in the forward only
+    for handle in handles:
+        handle.remove()
+    packed.clear()
+    loss_and_grads(model, batch)
+    assert packed == []

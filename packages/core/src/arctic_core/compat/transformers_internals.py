@@ -125,9 +125,13 @@ def _checkpointing_layers() -> None:
     assert isinstance(layer, GradientCheckpointingLayer) and layer.gradient_checkpointing
     calls, saved = [0], []
 
+    def keep(tensor: Any) -> Any:
+        saved.append(tensor)
+        return tensor
+
     def enter(_module: Any, _args: Any) -> None:
         calls[0] += 1
-        context = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t)
+        context = torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t)
         context.__enter__()
         contexts.append(context)
 
