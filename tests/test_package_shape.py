@@ -116,3 +116,14 @@ def test_every_entry_point_names_a_plugin_in_plugin_py(folder, entry, group, tar
             assert ref_module.startswith(f"arctic_{folder.name}."), f"{reference} is outside the package"
             path = folder / "src" / (ref_module.replace(".", "/") + ".py")
             assert path.is_file(), f"{entry}: {reference} names a missing module"
+
+
+def test_no_test_switch_is_read_in_package_code():
+    """Fault injection and test switches live in the tests (tests/fixtures/arctic-demo/src/sitecustomize.py)."""
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted(REPO.glob("packages/*/src/**/*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "ARCTIC_TEST_" in line
+    ]
+    assert not found, "test switches read by package code:\n" + "\n".join(found)

@@ -88,7 +88,7 @@ def trial(config: str, length: int, budget: int, vocab: int) -> None:
     if sp > 1:
         from arctic_alst import ulysses
 
-        ulysses.install(dist.group.WORLD, sp, "sdpa").track(model)
+        ulysses.enable(model, dist.group.WORLD, sp)
     ds_config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
 from typing import Any
 
@@ -127,19 +128,15 @@ def compare(kind: str, attn: str, kv: int, layout: str, extras: bool) -> dict[st
     batch = batches(reference.config.vocab_size)[layout]
     total = float(batch["num_trainable_tokens"])
 
-    ulysses.uninstall()
+    ulysses.enable(
+        model, dist.group.WORLD, RANK_COUNT
+    )  # the SP model only: the reference keeps its attention
     ref_loss = loss_fn(reference, batch) * float(batch["num_trainable_tokens"]) / total
     ref_loss.backward()
-
-    hook = ulysses.install(dist.group.WORLD, RANK_COUNT, attn).track(model)
-    try:
-        part = shard_batch(batch, RANK_COUNT, dist.get_rank())
-        weight = float(part["num_trainable_tokens"])
-        loss = loss_fn(model, part) * (weight / total)
-        loss.backward()
-    finally:
-        hook.remove()
-        ulysses.uninstall()
+    part = shard_batch(batch, RANK_COUNT, dist.get_rank())
+    weight = float(part["num_trainable_tokens"])
+    loss = loss_fn(model, part) * (weight / total)
+    loss.backward()
     summed = loss.detach().clone()
     dist.all_reduce(summed)
     counts = torch.tensor([weight, float(part["num_tokens"])])
@@ -166,15 +163,12 @@ def control() -> dict[str, float]:
     model = copy.deepcopy(reference)
     batch = batches(reference.config.vocab_size)["packed"]
     leaky = {**batch, "attention_mask": torch.ones_like(batch["input_ids"])}
-    ulysses.uninstall()
     sft_loss(reference, leaky).backward()
-    hook = ulysses.install(dist.group.WORLD, RANK_COUNT, "sdpa").track(model)
+    ulysses.enable(model, dist.group.WORLD, RANK_COUNT)
     part = shard_batch(batch, RANK_COUNT, dist.get_rank())
     (
         sft_loss(model, part) * float(part["num_trainable_tokens"]) / float(batch["num_trainable_tokens"])
     ).backward()
-    hook.remove()
-    ulysses.uninstall()
     got, worst = grads(model), 0.0
     for name, expected in grads(reference).items():
         dist.all_reduce(got[name])
@@ -218,6 +212,7 @@ def dpo_trainer(folder: str, sp: int, loss_type: str, attn: str) -> Any:
         "loss_chunk_size": 5,
         "model": {"name_or_path": str(model_dir), "dtype": "fp32", "attn_implementation": attn},
         "data": {"sources": [str(pairs)]},
+        "tiled_mlp_compute": sp > 1,  # the feature's own transform: MLPs tiled in place
     }
     loaded = load_recipe(None, data=recipe)
     trainer = loaded.trainer_class()(loaded.config)
@@ -240,7 +235,6 @@ def compare_dpo(folder: str, attn: str, kv: int, loss_type: str) -> dict[str, fl
     assert sharded.topology.sequence_parallel_size == 2 and whole.topology.sequence_parallel_size == 1
     batch = dpo_batch(policy.config.vocab_size)
 
-    ulysses.uninstall()
     whole.model = whole.engine = policy
     whole.reference = FrozenModel(frozen)
     expected = whole.loss(whole.prepare_batch(batch))
@@ -248,20 +242,20 @@ def compare_dpo(folder: str, attn: str, kv: int, loss_type: str) -> dict[str, fl
 
     model = copy.deepcopy(policy)
     model.zero_grad(set_to_none=True)
-    sharded.model = sharded.engine = model
-    sharded.reference = FrozenModel(frozen)
-    hook = ulysses.install(sharded.groups.sp_group, RANK_COUNT, attn).track(model)
-    try:
-        part = sharded.prepare_batch(batch)
-        assert part["input_ids"].shape[1] == 8  # this rank's slice: 7 positions and the placeholder
-        weight = sharded.micro_batch_weight(part)
-        total = torch.tensor([weight])
-        dist.all_reduce(total)  # the loop's N: every rank's weight
-        out = sharded.loss(part)
-        (out.loss * (weight / float(total))).backward()
-    finally:
-        hook.remove()
-        ulysses.uninstall()
+    sharded_frozen = copy.deepcopy(frozen)
+    sharded.log = logging.getLogger("alst_sp_worker")  # setup_logging's logger, which this trainer skips
+    sharded.model = sharded.engine = sharded.features.transform_model(sharded, model)
+    # the alst feature's own hook, as `build_frozen_model` calls it: the reference reads slices too
+    sharded.reference = FrozenModel(sharded.features.transform_frozen(sharded, sharded_frozen))
+    assert model.config._attn_implementation == sharded_frozen.config._attn_implementation == ulysses.NAME
+    assert policy.config._attn_implementation == frozen.config._attn_implementation == attn
+    part = sharded.prepare_batch(batch)
+    assert part["input_ids"].shape[1] == 8  # this rank's slice: 7 positions and the placeholder
+    weight = sharded.micro_batch_weight(part)
+    total = torch.tensor([weight])
+    dist.all_reduce(total)  # the loop's N: every rank's weight
+    out = sharded.loss(part)
+    (out.loss * (weight / float(total))).backward()
     step_loss = torch.tensor([float(out.loss) * weight / float(total), float(part["num_tokens"])])
     dist.all_reduce(step_loss)
     metric_diff = 0.0
@@ -286,10 +280,82 @@ def compare_dpo(folder: str, attn: str, kv: int, loss_type: str) -> dict[str, fl
     }
 
 
+TRANSFORMERS_MODULES = (
+    "transformers.modeling_utils",
+    "transformers.modeling_layers",
+    "transformers.masking_utils",
+    "transformers.integrations.sdpa_attention",
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.qwen2.modeling_qwen2",
+)
+
+
+def process_state() -> dict[str, Any]:
+    """What a run must leave as it found it: transformers' attention and mask registries, the
+    attributes of its modules and of their classes, and a plain model's logits."""
+    import importlib
+    import inspect
+
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+
+    plain = tiny_model("llama", seed=11, attn_implementation="sdpa")
+    packed = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]])
+    with torch.no_grad():
+        logits = plain(input_ids=torch.arange(3, 15)[None], position_ids=packed, use_cache=False).logits
+    state: dict[str, Any] = {
+        "attention": dict(ALL_ATTENTION_FUNCTIONS.items()),
+        "masks": dict(ALL_MASK_ATTENTION_FUNCTIONS.items()),
+        "logits": logits,
+    }
+    for name in TRANSFORMERS_MODULES:
+        module = importlib.import_module(name)
+        state[name] = {k: v for k, v in vars(module).items() if k != "__warningregistry__"}  # Python's own
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == name:
+                if issubclass(
+                    cls, PreTrainedModel
+                ):  # transformers' own memos of a source check: filled first
+                    cls._can_set_attn_implementation(), cls._can_set_experts_implementation()
+                state[f"{name}.{cls_name}"] = dict(vars(cls))
+    return state
+
+
+def left_unchanged(before: dict[str, Any]) -> list[str]:
+    """What differs from `before` now (Arctic's own registered names aside), plus a fresh plain model's
+    attention and MLP: the stock implementation, no instance attribute or hook added."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    after, changed = process_state(), []
+    for key, old in before.items():
+        new = after[key]
+        if key == "logits":
+            changed += [] if torch.equal(old, new) else ["a plain model's logits"]
+            continue
+        added = {k for k in new.keys() - old.keys() if not (key == "attention" and k.startswith("arctic_"))}
+        changed += [f"{key}: {k} added" for k in sorted(added)]
+        changed += [f"{key}: {k}" for k in old if k not in new or new[k] is not old[k]]
+    plain = tiny_model("llama", seed=11, attn_implementation="sdpa")
+    layer = plain.model.layers[0]
+    if (
+        plain.config._attn_implementation != "sdpa"
+        or ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa_attention_forward
+    ):
+        changed.append("a plain model's attention function")
+    if type(layer.mlp) is not LlamaMLP or "forward" in vars(layer.mlp) or "forward" in vars(layer.self_attn):
+        changed.append("a plain model's MLP or attention module")
+    if any(m._forward_hooks or m._forward_pre_hooks for m in plain.modules()):
+        changed.append("hooks on a plain model")
+    return changed
+
+
 def main(out_path: str) -> None:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    results = {}
+    before = process_state()
+    results: dict[str, Any] = {}
     cases = [
         ("sft", "sdpa", 4, "unpacked", False),
         ("sft", "sdpa", 4, "packed", False),
@@ -305,6 +371,9 @@ def main(out_path: str) -> None:
     for attn, kv, loss_type in (("sdpa", 4, "sigmoid"), ("eager", 1, "ipo")):
         results[f"dpo-{attn}-{kv}-unpacked-{loss_type}"] = compare_dpo(folder, attn, kv, loss_type)
     results["control"] = control()
+    everywhere: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everywhere, left_unchanged(before))
+    results["left_changed"] = sorted({item for found in everywhere for item in found})
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)

@@ -3,7 +3,9 @@
 The two-rank comparison runs every case in one launch (`alst_sp_worker.py`, see its docstring):
 sdpa and eager, packed and unpacked, split and replicated KV heads, the SFT loss and SwiftKV's
 distillation loss, tiled MLP + offload under SP, and DPO through real trainers (sigmoid and IPO,
-live reference; with its metrics). Loss and gradients must agree to 1e-5 (fp32).
+live reference; with its metrics; the feature's own hooks select Ulysses on the policy and the
+reference and tile the MLPs). Loss and gradients must agree to 1e-5 (fp32). After all of them, in
+the same processes, nothing process-wide is left changed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def test_sp2_on_two_ranks_gives_the_losses_and_gradients_of_sp1(tmp_path):
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     results = json.loads(out.read_text())
     control = results.pop("control")
+    # every case above ran in the two processes: nothing process-wide is left changed (transformers'
+    # registries but Arctic's own name, its modules' and classes' attributes, a plain model)
+    assert results.pop("left_changed") == []
     assert len(results) == 9
     for case, found in results.items():
         assert found["loss_diff"] < 1e-5 and found["grad_diff"] < 1e-5, (case, found)

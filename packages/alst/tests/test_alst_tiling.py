@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from arctic_alst.offload import offload_checkpoints, offloaded_checkpoint
-from arctic_alst.tiling import tile_count, tile_mlps
+from arctic_alst.offload import offload_checkpoints
+from arctic_alst.tiling import TiledMLP, tile_count, tile_mlps
 from arctic_core import losses
 from arctic_core.testing import tiny_model
 
@@ -38,8 +38,7 @@ def test_tiled_mlp_and_offload_keep_loss_and_gradients(change):
         assert tile_mlps(model) == 2
         assert tile_count(150, 64, torch.device("cpu")) == 3  # 150 tokens per row, hidden 64: 3 tiles
     if change in ("offload", "both"):
-        assert offload_checkpoints(model) >= 2  # the decoder layers (and any other checkpointing layer)
-        assert model.model.layers[1]._gradient_checkpointing_func is offloaded_checkpoint
+        assert len(offload_checkpoints(model)) == 4  # a pre-hook and a hook on each of the 2 decoder layers
     batch = sample_batch(plain.config.vocab_size)
     expected_loss, expected = loss_and_grads(plain, batch)
     loss, got = loss_and_grads(model, batch)
@@ -51,10 +50,42 @@ def test_tiled_mlp_and_offload_keep_loss_and_gradients(change):
 
 def test_tiled_mlp_runs_the_mlp_in_tiles():
     model = tiny_model("llama", seed=1)
+    names = [name for name, _ in model.named_parameters()]
     tile_mlps(model)
+    assert [name for name, _ in model.named_parameters()] == names  # the checkpoint's keys stay
     mlp = model.model.layers[0].mlp
+    assert isinstance(mlp, TiledMLP) and "forward" not in vars(
+        mlp
+    )  # a module in its place, no patched method
     seen = []
     mlp.gate_proj.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[-2]))
     x = torch.randn(1, 150, 64, requires_grad=True)
     mlp(x).sum().backward()
     assert seen == [50, 50, 50] * 2  # three tiles forward, three recomputed in the backward
+
+
+def test_offload_moves_each_layer_input_alone_and_leaves_checkpointing_intact(monkeypatch):
+    """What the offload hooks hand to the CPU copy: each checkpointed layer's input, nothing from
+    inside a layer (those activations are still dropped and recomputed), nothing once removed."""
+    from arctic_alst import offload
+
+    model = tiny_model("llama", seed=1, attention_dropout=0.0).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    handles = offload_checkpoints(model)
+    packed: list[tuple[int, ...]] = []
+    pack = offload._pack
+
+    def recording(x):
+        if x.requires_grad:
+            packed.append(tuple(x.shape))
+        return pack(x)
+
+    monkeypatch.setattr(offload, "_pack", recording)
+    batch = sample_batch(model.config.vocab_size)
+    loss_and_grads(model, batch)
+    assert packed == [(2, 150, 64)] * 2  # the two decoder layers' inputs, in the forward only
+    for handle in handles:
+        handle.remove()
+    packed.clear()
+    loss_and_grads(model, batch)
+    assert packed == []

@@ -1,11 +1,11 @@
 """End to end through `arctic sft train`: sequence parallelism is step-for-step data parallelism.
 
-Two CPU ranks as one sequence-parallel group with 4 packed rows per micro-batch (sp=2) see, at
-every optimizer step, the samples that two data-parallel replicas with 2 rows each would see, and
+Two CPU ranks as one sequence-parallel group (MLPs tiled, checkpointed layer inputs offloaded) with
+4 packed rows per micro-batch (sp=2) see, at every optimizer step, the samples that two data-parallel replicas with 2 rows each would see, and
 that one rank with 4 rows sees. The reference here is that one-rank run, in this process (core's
 own tests hold one rank with 4 rows equal to two replicas with 2, and a second two-rank launch
 costs two minutes on the CI machine). Per-step losses, gradient norms, token counts and the
-trained weights must agree.
+trained weights must agree, and plain transformers loads the sequence-parallel run's checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from arctic_core.recipe import bundled_recipes, load_recipe
 from arctic_core.testing.runs import arctic, read_metrics
@@ -51,6 +52,7 @@ def test_sp2_trains_like_dp2_with_matching_batch_counts(tmp_path):
     recipe.write_text(RECIPE.format(quickstart=QUICKSTART, data=data))
     runs = ("one", "sp")
     sets = ["micro_batch_size=4", "sequence_parallel_size=2", f"logger.output_dir={tmp_path / 'sp'}"]
+    sets += ["tiled_mlp_compute=true", "activation_checkpoint_cpu_offload=true"]  # exact: same numbers
     arctic(
         "sft", "train", str(recipe), "--num_gpus", "2", *[a for o in sets for a in ("--set", o)], cwd=tmp_path
     )
@@ -64,5 +66,12 @@ def test_sp2_trains_like_dp2_with_matching_batch_counts(tmp_path):
         assert (a["tokens"], a["trainable_tokens"]) == (b["tokens"], b["trainable_tokens"])
     assert dp[-1]["loss"] < dp[0]["loss"]  # it trained
     weights = [load_file(tmp_path / n / "checkpoints" / "huggingface" / "model.safetensors") for n in runs]
+    assert weights[0].keys() == weights[1].keys()  # the tiled MLPs saved under the MLPs' own names
+    _, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "sp" / "checkpoints" / "huggingface", output_loading_info=True
+    )
+    assert not any(info.values()), (
+        info
+    )  # plain transformers loads it: nothing missing, unexpected or mismatched
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=0, atol=2e-5, msg=key)

@@ -58,7 +58,9 @@ def test_killed_generation_rerun_equals_an_uninterrupted_run_and_ranks_share_the
 
     expected = generate_here(tmp_path / "whole")
     assert len(expected) == 5  # 40 prompts, 8 per shard
-    killed = subprocess.run(  # a real process, SIGKILLed by the test-only fault point halfway through shard 2
+    # a real process, SIGKILLed by the tests' fault injection (tests/fixtures/arctic-demo/src/
+    # sitecustomize.py) as it starts batch 6: shards 0 and 1 done (2 batches of 4 each), shard 2 half
+    killed = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -71,11 +73,12 @@ def test_killed_generation_rerun_equals_an_uninterrupted_run_and_ranks_share_the
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "ARCTIC_TEST_KILL_IN_SHARD": "2"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ARCTIC_TEST_KILL_AT_BATCH": "6"},
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert sorted(shards(tmp_path / "resumed")) == ["shard-00000.jsonl", "shard-00001.jsonl"]
-    assert (tmp_path / "resumed" / ".shard-00002.jsonl.partial").read_text()  # half a shard was written
+    partial = (tmp_path / "resumed" / ".shard-00002.jsonl.partial").read_text()
+    assert partial.count("\n") == 4  # half a shard (its first batch of 4) was written
     logged: list[str] = []
     from arctic_speculator.generate import run_generation
 

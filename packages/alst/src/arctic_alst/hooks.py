@@ -2,9 +2,11 @@
 
 - `parallel_sizes`: `sequence_parallel_size` = S, so core forms sequence-parallel groups of S
   ranks (its topology), deals each group the same micro-batches and hands DeepSpeed the groups.
-- `transform_model`: checks the heads against S and routes attention through Ulysses
-  (`arctic_alst.ulysses`); tiles the MLPs (`arctic_alst.tiling`); offloads each checkpointed
-  layer input to CPU (`arctic_alst.offload`).
+- `transform_model`: checks the heads against S and selects the Ulysses attention on the trained
+  model (`arctic_alst.ulysses`, registered under its own name); tiles the MLPs
+  (`arctic_alst.tiling`); offloads each checkpointed layer input to CPU (`arctic_alst.offload`).
+- `transform_frozen`: selects the Ulysses attention on frozen companions (DPO's reference, a
+  teacher), which see the same sliced batches. Nothing process-wide is changed.
 - `prepare_batch`: this rank's slice of every micro-batch (`arctic_alst.sharding`), with counts
   that keep core's token-weighted loss exact.
 """
@@ -54,8 +56,7 @@ class ALSTHooks(FeatureHooks):
             from arctic_alst import ulysses
 
             ulysses.check_heads(model.config, self.sp)
-            attention = ulysses.install(trainer.groups.sp_group, self.sp, model.config._attn_implementation)
-            attention.track(model)
+            ulysses.enable(model, trainer.groups.sp_group, self.sp)
             trainer.log.info("Ulysses sequence parallelism over %d ranks", self.sp)
         if config.tiled_mlp_compute:
             from arctic_alst.tiling import tile_mlps
@@ -72,6 +73,14 @@ class ALSTHooks(FeatureHooks):
                     "found no checkpointing decoder layer in this model",
                     path="activation_checkpoint_cpu_offload",
                 )
+        return model
+
+    def transform_frozen(self, trainer: Any, model: torch.nn.Module) -> torch.nn.Module:
+        if self.sp > 1:
+            from arctic_alst import ulysses
+
+            ulysses.check_heads(model.config, self.sp)
+            ulysses.enable(model, trainer.groups.sp_group, self.sp)
         return model
 
     def prepare_batch(self, trainer: Any, batch: dict[str, Any]) -> dict[str, Any]:

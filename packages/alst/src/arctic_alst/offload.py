@@ -2,15 +2,22 @@
 
 With activation checkpointing, what a layer keeps between forward and backward is its input
 hidden state ([B, L, H] per layer): at long sequences the sum over layers dominates device
-memory. Here the layer's checkpoint function is replaced (per instance, through transformers'
-`GradientCheckpointingLayer._gradient_checkpointing_func`) by `offloaded_checkpoint`:
+memory. Checkpointing (torch's `checkpoint`, reentrant or not) keeps those inputs as *saved
+tensors* of the autograd graph, saved at the layer's boundary, while everything inside the
+layer is dropped and recomputed. `offload_checkpoints(model)` hooks every checkpointing layer of
+the model (public module hooks, nothing else changed) so that while the layer is entered, torch's
+public `saved_tensors_hooks` move what is saved to CPU:
 
-- forward: copy the input to CPU (pinned when on CUDA), run the layer without saving activations;
-- backward: copy it back, recompute the layer with gradients (same RNG state), backpropagate.
+- forward: the layer input (every saved tensor that requires a gradient) is copied to CPU
+  memory (pinned, asynchronous on CUDA); tensors that need no gradient (position embeddings,
+  masks) are kept by reference, as the checkpoint keeps them anyway;
+- backward: the checkpoint unpacks its input, which is copied back to the device, recomputes
+  the layer (RNG replayed by torch) and backpropagates.
 
-Parameter gradients accumulate as with reentrant checkpointing. Only the layer input (the first
-positional argument) may require a gradient; the other arguments (position embeddings, masks)
-are kept as they are.
+This relies on transformers' `GradientCheckpointingLayer` running the checkpoint inside the
+module call, with module hooks outside it (so the hooks wrap the checkpoint, not what it
+recomputes): `arctic_core/compat/transformers_internals.py` checks it. On a CPU-only machine the
+copy is a no-op (the input already lives in CPU memory).
 """
 
 from __future__ import annotations
@@ -20,61 +27,50 @@ from typing import Any
 import torch
 
 
-def _to_cpu(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":
-        return x.detach()
-    held = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
-    held.copy_(x.detach(), non_blocking=True)
-    return held
+def _pack(x: torch.Tensor) -> Any:
+    if x.device.type == "cpu" or not x.requires_grad:
+        return x
+    held = torch.empty(x.shape, dtype=x.dtype, layout=x.layout, device="cpu", pin_memory=x.is_cuda)
+    held.copy_(x, non_blocking=x.is_cuda)
+    return (x.device, held)
 
 
-class _OffloadedCheckpoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, run: Any, x: torch.Tensor, *rest: Any) -> Any:
-        ctx.run, ctx.rest, ctx.device = run, rest, x.device
-        ctx.cpu_state = torch.get_rng_state()
-        ctx.cuda_state = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
-        ctx.held = _to_cpu(x)
-        ctx.wants_grad = x.requires_grad
-        with torch.no_grad():
-            out = run(x, *rest)
-        ctx.is_tuple = isinstance(out, tuple)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Any) -> Any:
-        x = ctx.held.to(ctx.device, non_blocking=True).requires_grad_(ctx.wants_grad)
-        devices = [ctx.device] if ctx.cuda_state is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(ctx.cpu_state)
-            if ctx.cuda_state is not None:
-                torch.cuda.set_rng_state(ctx.cuda_state, ctx.device)
-            with torch.enable_grad():
-                out = ctx.run(x, *ctx.rest)
-        outputs = out if ctx.is_tuple else (out,)
-        pairs = [
-            (o, g)
-            for o, g in zip(outputs, grads)
-            if isinstance(o, torch.Tensor) and o.requires_grad and g is not None
-        ]
-        if pairs:
-            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-        ctx.held = None
-        return (None, x.grad if ctx.wants_grad else None, *([None] * len(ctx.rest)))
+def _unpack(packed: Any) -> torch.Tensor:
+    if isinstance(packed, torch.Tensor):
+        return packed
+    device, held = packed
+    return held.to(device, non_blocking=True)
 
 
-def offloaded_checkpoint(run: Any, x: torch.Tensor, *rest: Any, **_: Any) -> Any:
-    """A drop-in `_gradient_checkpointing_func`: `run(x, *rest)` with `x` kept on the CPU until backward."""
-    return _OffloadedCheckpoint.apply(run, x, *rest)
+class OffloadInputs:
+    """Forward pre-hook and forward hook of one checkpointing layer: CPU saved-tensor hooks while it runs."""
+
+    def __init__(self) -> None:
+        self.active: list[Any] = []
+
+    def enter(self, module: torch.nn.Module, args: Any) -> None:
+        context = None
+        if getattr(module, "gradient_checkpointing", False) and module.training and torch.is_grad_enabled():
+            context = torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+            context.__enter__()
+        self.active.append(context)
+
+    def leave(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        context = self.active.pop() if self.active else None
+        if context is not None:
+            context.__exit__(None, None, None)
 
 
-def offload_checkpoints(model: torch.nn.Module) -> int:
-    """Use `offloaded_checkpoint` in every checkpointing layer of `model`; returns how many layers."""
-    count = 0
+def offload_checkpoints(model: torch.nn.Module) -> list[Any]:
+    """Offload the saved inputs of every checkpointing decoder layer (transformers'
+    `GradientCheckpointingLayer`) of `model`; returns the hook handles (two per layer: removing
+    them undoes it), none when no layer checkpoints."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    handles = []
     for module in model.modules():
-        if getattr(module, "gradient_checkpointing", False) and hasattr(
-            module, "_gradient_checkpointing_func"
-        ):
-            module._gradient_checkpointing_func = offloaded_checkpoint  # type: ignore[assignment]
-            count += 1
-    return count
+        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+            hooks = OffloadInputs()
+            handles.append(module.register_forward_pre_hook(hooks.enter))
+            handles.append(module.register_forward_hook(hooks.leave, always_call=True))
+    return handles

@@ -23,23 +23,31 @@ the whole gathered row, so packed samples attend to each other there, and it ref
 module replaces it. The all-to-all is `torch.distributed.all_to_all_single`, differentiable
 through `_SeqToHeads` / `_HeadsToSeq` (each one's backward is the other's forward).
 
-`install(...)` puts the wrapper into transformers' `ALL_ATTENTION_FUNCTIONS` under the model's
-attention implementation (every model of the process that uses it, frozen companions included);
-`uninstall()` restores the original.
+Nothing process-wide changes: `enable(model, group, size)` registers one dispatcher under Arctic's
+own name `arctic_ulysses` through transformers' public `AttentionInterface.register` (no existing
+entry is touched) and selects it on `model` alone (`set_attn_implementation`), remembering the
+model's own implementation as the inner one; the dispatcher finds each attention module's
+`UlyssesAttention` by the module. Other models of the process (a freshly loaded one, a frozen
+companion that is not enabled) keep their attention. `disable(model)` gives the model its own
+implementation back. transformers builds no attention mask for a name it has no mask function for,
+so the quadratic mask of the local slice is never allocated.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from arctic_core.errors import RecipeError
+from arctic_core.errors import ArcticError, RecipeError
 
 SUPPORTED = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+NAME = "arctic_ulysses"
+"""The attention implementation Arctic registers with transformers and selects on the trained model."""
 
 
 def _seq_to_heads(x: torch.Tensor, group: Any, size: int) -> torch.Tensor:
@@ -171,6 +179,7 @@ class UlyssesAttention:
         self.group, self.size, self.implementation = group, size, implementation
         self._cached: tuple[torch.Tensor, torch.Tensor, list[list[tuple[int, int]]]] | None = None
         self.positions: torch.Tensor | None = None
+        self.handle: Any = None  # the position-tracking hook `enable` adds
 
     def track(self, model: torch.nn.Module) -> Any:
         """Read the position ids of every forward of `model` (a layer may not pass them to attention)."""
@@ -257,27 +266,69 @@ class UlyssesAttention:
         return torch.cat(outputs, dim=0)
 
 
-_installed: dict[str, Any] = {}
+_BY_MODULE: weakref.WeakKeyDictionary[torch.nn.Module, UlyssesAttention] = weakref.WeakKeyDictionary()
 
 
-def install(group: Any, size: int, implementation: str) -> UlyssesAttention:
-    """Route transformers' `implementation` attention through Ulysses for every model of this process."""
+def ulysses_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """What transformers calls for `attn_implementation = "arctic_ulysses"`: the module's `UlyssesAttention`."""
+    attention = _BY_MODULE.get(module)
+    if attention is None:
+        raise ArcticError(
+            f"{type(module).__name__} selects attention {NAME!r} but belongs to no model that "
+            "arctic_alst.ulysses.enable prepared (a copy of one? enable the copy)"
+        )
+    return attention(module, query, key, value, attention_mask, **kwargs)
+
+
+def register() -> None:
+    """Register `ulysses_attention` as `arctic_ulysses` with transformers (idempotent; never overwrites)."""
+    from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    attention = UlyssesAttention(group, size, implementation)
-    if implementation not in _installed:
-        _installed[implementation] = ALL_ATTENTION_FUNCTIONS.get(implementation)
-    ALL_ATTENTION_FUNCTIONS[implementation] = attention
+    found = ALL_ATTENTION_FUNCTIONS.get(NAME)
+    if found is ulysses_attention:
+        return
+    if found is not None:
+        raise ArcticError(f"transformers' AttentionInterface already has another {NAME!r}: {found!r}")
+    AttentionInterface.register(NAME, ulysses_attention)
+
+
+def enable(model: Any, group: Any, size: int) -> UlyssesAttention:
+    """Route `model`'s attention (only this model's) through Ulysses over `group`; returns the wrapper.
+
+    The wrapper reads every forward's position ids (`track`); `disable(model)` undoes both.
+    """
+    current = model.config._attn_implementation
+    if current == NAME:
+        raise ArcticError("sequence parallelism is already enabled on this model")
+    attention = UlyssesAttention(group, size, current)
+    register()
+    model.set_attn_implementation(NAME)
+    if model.config._attn_implementation != NAME:
+        raise ArcticError(
+            f"{type(model).__name__} did not take attn_implementation {NAME!r} (transformers' "
+            "set_attn_implementation refused it: see the warning above)"
+        )
+    for module in model.modules():
+        _BY_MODULE[module] = attention
+    attention.handle = attention.track(model)
     return attention
 
 
-def uninstall() -> None:
-    """Restore the attention functions `install` replaced."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    for implementation, original in _installed.items():
-        if original is None:
-            del ALL_ATTENTION_FUNCTIONS[implementation]
-        else:
-            ALL_ATTENTION_FUNCTIONS[implementation] = original
-    _installed.clear()
+def disable(model: Any) -> None:
+    """Give `model` back its own attention implementation (the inverse of `enable`)."""
+    attention = _BY_MODULE.get(model)
+    if attention is None:
+        return
+    if attention.handle is not None:
+        attention.handle.remove()
+    for module in model.modules():
+        _BY_MODULE.pop(module, None)
+    model.set_attn_implementation(attention.implementation)

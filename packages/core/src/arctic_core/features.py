@@ -15,8 +15,8 @@ Arctic's own features (`KNOWN_FEATURE_KEYS`) without its package installed is re
 naming the package, unless the value is the neutral one (which changes nothing).
 
 The trainer asks `active_features(config)` for a `FeatureSet` and calls its hooks at fixed
-points of the run (`parallel_sizes`, `before_model`, `transform_model`, `wrap_loader`,
-`prepare_batch`); with no feature on, every call does nothing.
+points of the run (`parallel_sizes`, `before_model`, `transform_model`, `transform_frozen`,
+`wrap_loader`, `prepare_batch`); with no feature on, every call does nothing.
 """
 
 from __future__ import annotations
@@ -306,6 +306,11 @@ class FeatureHooks:
         """The built model, changed (after the method's own `transform_model`)."""
         return model
 
+    def transform_frozen(self, trainer: Trainer, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen companion (reference, teacher), changed once built (e.g. the attention that reads
+        sequence-parallel slices); the network itself, not its DeepSpeed engine."""
+        return model
+
     def wrap_loader(self, trainer: Trainer, loader: Any) -> Any:
         """The training data loader, wrapped (e.g. to split each sequence over a group of ranks)."""
         return loader
@@ -354,6 +359,11 @@ class FeatureSet:
     def transform_model(self, trainer: Trainer, model: torch.nn.Module) -> torch.nn.Module:
         for hooks in self.hooks:
             model = hooks.transform_model(trainer, model)
+        return model
+
+    def transform_frozen(self, trainer: Trainer, model: torch.nn.Module) -> torch.nn.Module:
+        for hooks in self.hooks:
+            model = hooks.transform_frozen(trainer, model)
         return model
 
     def wrap_loader(self, trainer: Trainer, loader: Any) -> Any:

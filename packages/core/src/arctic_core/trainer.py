@@ -373,6 +373,7 @@ class Trainer:
             auto_class=auto_class if auto_class is not None else self.auto_model_class,
             mpu=deepspeed_mpu(self.groups),
         )
+        self.features.transform_frozen(self, frozen.module)
         self.log.info("frozen model: %s", (config or self.config.model).name_or_path)
         return frozen
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -228,7 +227,6 @@ def run_generation(config: SpeculatorConfig, rank: int = 0, world_size: int = 1,
     model = None if vllm else load_base_model(config)
     engine = vllm_engine(config.model.name_or_path, config.seed) if vllm else None
     stops = [] if model is None else stop_tokens(model, tokenizer)
-    kill_at = os.environ.get("ARCTIC_TEST_KILL_IN_SHARD")  # test-only fault point
     for index in range(rank, len(shards), world_size):
         final = folder / shard_name(index)
         if final.exists():
@@ -248,8 +246,6 @@ def run_generation(config: SpeculatorConfig, rank: int = 0, world_size: int = 1,
                     row = {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
                     out.write(json.dumps(row) + "\n")
                 out.flush()
-                if kill_at is not None and int(kill_at) == index and b == len(batches) // 2:
-                    os.kill(os.getpid(), signal.SIGKILL)
         partial.replace(final)
         log(f"shard {index}: {len(shards[index])} prompts -> {final}")
     return folder
