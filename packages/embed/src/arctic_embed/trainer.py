@@ -53,6 +53,14 @@ class EmbedTrainer(Trainer):
         "another loss than one of k x m (ranks, which gather their documents, must match)"
     }
 
+    @classmethod
+    def resolve_config(cls, config: Any) -> tuple[Any, dict[str, str], list[str]]:
+        """Unset pooling, normalisation, prompts and lengths from the model folder (`arctic_embed.folder`)."""
+        from arctic_embed.folder import resolve
+
+        found = resolve(config)
+        return found.config, found.sources, found.warnings
+
     @property
     def auto_model_class(self) -> Any:  # type: ignore[override]
         from transformers import AutoModel
@@ -194,7 +202,7 @@ class EmbedTrainer(Trainer):
 
     def retrieval_eval(self, when: str) -> dict[str, float]:
         """nDCG@10, recall@k, MRR on `[retrieval_eval] path` (every rank embeds a share of the texts)."""
-        from arctic_embed.retrieval import evaluate_folder
+        from arctic_embed.retrieval import evaluate_folder, worse_than_untouched
 
         module = self.engine.module if self.engine is not None else self.model
         results = evaluate_folder(
@@ -208,9 +216,15 @@ class EmbedTrainer(Trainer):
             group=self.groups.dp_group if self.zero_stage != 3 else None,
         )
         self.log.info("retrieval %s: %s", when, " ".join(f"{k}={v:.4f}" for k, v in results.items()))
+        path = Path(self.config.run_dir) / "retrieval_eval.jsonl"
+        record: dict[str, Any] = {"when": when, "step": self.global_step, **results}
+        drop = worse_than_untouched(path, results) if when == "after training" else None
+        if drop is not None:  # never silently worse than not training
+            self.log.warning("%s", drop)
+            record["warning"] = drop
         if self.rank == 0:
-            with (Path(self.config.run_dir) / "retrieval_eval.jsonl").open("a") as out:
-                out.write(json.dumps({"when": when, "step": self.global_step, **results}) + "\n")
+            with path.open("a") as out:
+                out.write(json.dumps(record) + "\n")
         return results
 
 
