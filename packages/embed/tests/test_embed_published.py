@@ -18,6 +18,8 @@ from embed_support import save_tiny_encoder, task, write_beir, write_jsonl
 from arctic_core.recipe import load_recipe
 from arctic_embed.folder import read_folder, resolve
 
+pytestmark = pytest.mark.slow
+
 TEMPERATURE = 0.05
 PROMPTS = {"query": "query: ", "document": "passage: "}
 ST_MODES = {"mean": "mean", "first_token": "cls", "last_token": "lasttoken"}

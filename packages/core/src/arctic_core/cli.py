@@ -237,7 +237,8 @@ def config_show(recipe: str, overrides: tuple[str, ...], fmt: str, docs: bool) -
 
         click.echo(reference(type(loaded.config)), nl=False)
         return
-    config, sources, warnings = loaded.trainer_class().resolve_config(loaded.config)
+    trainer: Any = loaded.trainer_class()
+    config, sources, warnings = trainer.resolve_config(loaded.config)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(render(config, fmt), nl=False)

@@ -158,12 +158,15 @@ class EmbedTrainer(Trainer):
         """Rows: one per (query, positive) pair whose positive is among the gathered documents."""
         return float(batch["targets"].rows)
 
+    @property
+    def pooling(self) -> str:
+        """The resolved pooling (`resolve_config` set it from the model folder, else the default)."""
+        return self.config.model.pooling or "first_token"
+
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings through the engine, in checkpointed chunks when `embed_chunk_size` is set."""
         ids, mask = trim_padding(input_ids, attention_mask)
-        return embed_texts(
-            self.engine, ids, mask, self.config.model.pooling, chunk_size=self.config.embed_chunk_size
-        )
+        return embed_texts(self.engine, ids, mask, self.pooling, chunk_size=self.config.embed_chunk_size)
 
     def loss_function(self) -> Any:
         """The chunked InfoNCE, each chunk computed by the `loss_kernel` block (PyTorch or Triton)."""
@@ -209,9 +212,9 @@ class EmbedTrainer(Trainer):
             module,
             self.tokenizer,
             self.config.retrieval_eval,
-            pooling=self.config.model.pooling,
-            query_prefix=self.config.data.query_prefix,
-            document_prefix=self.config.data.document_prefix,
+            pooling=self.pooling,
+            query_prefix=self.config.data.query_prefix or "",
+            document_prefix=self.config.data.document_prefix or "",
             device=self.device,
             group=self.groups.dp_group if self.zero_stage != 3 else None,
         )
