@@ -49,6 +49,19 @@ def test_mining_excludes_positives_and_near_positives():
     assert mine_negatives(q, d, [[0]], num_negatives=4, margin=0.95, depth=5) == [None]
 
 
+def test_faiss_search_finds_the_exact_neighbours():
+    pytest.importorskip("faiss")
+    from arctic_embed.mine import search
+
+    g = torch.Generator().manual_seed(0)
+    docs = torch.nn.functional.normalize(torch.randn(300, 32, generator=g), dim=-1)
+    queries = torch.nn.functional.normalize(torch.randn(40, 32, generator=g), dim=-1)
+    exact_scores, exact = search(queries, docs, 10, backend="exact")
+    faiss_scores, found = search(queries, docs, 10, backend="faiss")
+    assert torch.equal(found, exact)  # random vectors: no exact ties
+    torch.testing.assert_close(faiss_scores, exact_scores, atol=1e-5, rtol=0)
+
+
 def test_eval_export_and_mine_commands(encoder_dir, tmp_path):
     beir = write_beir(tmp_path / "beir", task(40, seed=5))
     (beir / "qrels" / "train.tsv").write_text((beir / "qrels" / "test.tsv").read_text())

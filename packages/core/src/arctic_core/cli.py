@@ -138,7 +138,8 @@ def verify_command(method: str | None) -> click.Command:
 
 
 class MethodGroup(click.Group):
-    """`arctic <method> ...`: `train` plus the plugin's own verbs, loaded when used."""
+    """`arctic <method> ...`: `train` plus the plugin's own verbs, loaded when used (a plugin verb
+    named like a built-in one replaces it: it should extend it, as `arctic embed train` does)."""
 
     def __init__(self, found: plugins.InstalledMethod):
         assert found.method is not None
@@ -165,8 +166,7 @@ class MethodGroup(click.Group):
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            self._load_verbs()
+        self._load_verbs()  # a plugin's verb may extend a built-in one (arctic embed train --eval)
         return super().get_command(ctx, cmd_name)
 
 
@@ -231,13 +231,21 @@ def config_show(recipe: str, overrides: tuple[str, ...], fmt: str, docs: bool) -
     from arctic_core.recipe import load_recipe
     from arctic_core.recipe.render import render
 
-    config = load_recipe(recipe, overrides).config
+    loaded = load_recipe(recipe, overrides)
     if docs:
         from arctic_core.recipe.docs import reference
 
-        click.echo(reference(type(config)), nl=False)
+        click.echo(reference(type(loaded.config)), nl=False)
         return
+    trainer: Any = loaded.trainer_class()
+    config, sources, warnings = trainer.resolve_config(loaded.config)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(render(config, fmt), nl=False)
+    if sources:  # the values taken from the model's folder (or defaults), and from where
+        click.echo("# resolved from the model folder (key: source):")
+        for key, source in sources.items():
+            click.echo(f"#   {key}: {source}")
 
 
 @config_group.command("check")

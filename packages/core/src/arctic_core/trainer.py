@@ -103,6 +103,14 @@ class Trainer:
         return iter(())
 
     @classmethod
+    def resolve_config(cls, config: TrainerConfig) -> tuple[TrainerConfig, dict[str, str], list[str]]:
+        """Set the recipe's unset keys whose values come from the model's own folder (an embedding
+        model's pooling, say): the config with them set, where each came from (key path -> file or
+        "default") and warnings to log once. Runs before anything is built, and in `arctic config
+        show`. Default: the config unchanged."""
+        return config, {}, []
+
+    @classmethod
     def shrink_layers(cls, config: TrainerConfig) -> int:
         """The fewest layers a model for this recipe may have (`arctic verify --shrink` keeps at least
         these; its default is 2). Default: 1."""
@@ -142,6 +150,7 @@ class Trainer:
             return
         self.setup_distributed()
         self.setup_resume()
+        self.resolve_recipe()
         self.setup_run_folder()
         self.setup_tokenizer()
         self.setup_data()
@@ -177,6 +186,11 @@ class Trainer:
         self.ds_config = deepspeed_config.build_deepspeed_config(self.config, self.topology.dp_size)
         self.zero_stage = deepspeed_config.zero_stage(self.ds_config)
         seed_everything(self.config.seed)
+
+    def resolve_recipe(self) -> None:
+        """The recipe's model-dependent unset keys set (`resolve_config`); its warnings logged with the run's."""
+        self.config, self.config_sources, warnings = type(self).resolve_config(self.config)
+        self.preflight_warnings = [*getattr(self, "preflight_warnings", []), *warnings]
 
     def setup_run_folder(self) -> None:
         """Per-rank log files, and the resolved recipe saved in the run folder.

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from arctic_core.cli import launcher_arguments, recipe_arguments, train_command
+
 POOLINGS = click.Choice(["first_token", "cls", "mean", "last_token"])
 
 
@@ -52,6 +54,32 @@ def with_prefix_options(func: Any) -> Any:
     for option in reversed(prefix_options):
         func = option(func)
     return func
+
+
+@commands.command(
+    "train",
+    context_settings={"ignore_unknown_options": True},
+    help="Train with RECIPE (as `arctic train`). --eval BEIR_FOLDER scores held-out nDCG@10 before and "
+    "after training and warns when training made it worse. DeepSpeed launcher options launch several ranks.",
+)
+@click.option(
+    "--eval",
+    "eval_folder",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A BEIR folder: the same as --set retrieval_eval.path=FOLDER.",
+)
+@recipe_arguments
+@launcher_arguments
+@click.pass_context
+def train(ctx: click.Context, eval_folder: str | None, **kwargs: Any) -> None:
+    found = getattr(ctx.parent.command, "found", None) if ctx.parent is not None else None
+    core = train_command(found.name if found is not None else "embed")
+    if eval_folder:
+        path = Path(eval_folder).resolve()
+        kwargs["overrides"] = (*kwargs["overrides"], f'retrieval_eval.path="{path}"')
+    assert core.callback is not None
+    ctx.invoke(core.callback, **kwargs)
 
 
 @commands.command("eval")

@@ -49,10 +49,16 @@ class EmbedModelConfig(ModelConfig):
         doc="Model factory: huggingface (ArcticTraining's 'biencoder' is accepted).",
         check=one_of("huggingface", "biencoder"),
     )
-    pooling: str = setting(
-        "first_token",
-        doc="Pooling of the last hidden states: first_token (CLS; alias cls), mean, or last_token.",
+    pooling: str | None = setting(
+        None,
+        doc="Pooling of the last hidden states: first_token (CLS; alias cls), mean, or last_token; "
+        "unset: the model folder's, else first_token.",
         check=one_of(*POOLING_ALIASES),
+    )
+    normalize: bool | None = setting(
+        None,
+        doc="Whether the exported folder L2-normalises (a Normalize module); the loss always scores cosines. "
+        "Unset: the model folder's, else true.",
     )
     kwargs: dict[str, Any] = setting(
         factory=dict, doc="ArcticTraining's config overrides (merged into hf_config_kwargs)."
@@ -60,7 +66,8 @@ class EmbedModelConfig(ModelConfig):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        _canonical(self, "pooling", POOLING_ALIASES[self.pooling])
+        if self.pooling is not None:
+            _canonical(self, "pooling", POOLING_ALIASES[self.pooling])
         if self.kwargs:
             _canonical(self, "hf_config_kwargs", {**self.kwargs, **self.hf_config_kwargs})
 
@@ -83,10 +90,14 @@ class EmbedDataConfig(DataConfig):
         1, doc="Cut each stored batch into this many optimizer steps.", check=at_least(1)
     )
     max_seq_length_query: int | None = setting(
-        None, doc="Truncate queries to this many tokens.", check=at_least(1)
+        None,
+        doc="Truncate queries to this many tokens; unset: the model folder's max_seq_length (at most max_length).",
+        check=at_least(1),
     )
     max_seq_length_doc: int | None = setting(
-        None, doc="Truncate documents to this many tokens.", check=at_least(1)
+        None,
+        doc="Truncate documents to this many tokens; unset: the model folder's max_seq_length (at most max_length).",
+        check=at_least(1),
     )
     eval_root_directories: list[str] = setting(factory=list, doc="Pre-batched evaluation folders (loss).")
     eval_split_factor: int = setting(1, doc="split_factor of the evaluation folders.", check=at_least(1))
@@ -96,8 +107,14 @@ class EmbedDataConfig(DataConfig):
     eval_max_seq_length_doc: int | None = setting(
         None, doc="Document truncation in evaluation.", check=at_least(1)
     )
-    query_prefix: str = setting("", doc="Text put before every query (e5: 'query: ').")
-    document_prefix: str = setting("", doc="Text put before every document (e5: 'passage: ').")
+    query_prefix: str | None = setting(
+        None,
+        doc="Text put before every query (e5: 'query: '); unset: the model folder's 'query' prompt, else none.",
+    )
+    document_prefix: str | None = setting(
+        None,
+        doc="Text put before every document (e5: 'passage: '); unset: the folder's 'document' prompt, else none.",
+    )
     query_column: str = setting("query", doc="Pairs/triplets: the query's column.")
     positive_column: str = setting(
         "positive", doc="Pairs/triplets: the positive document's column (a string or a list of them)."
@@ -127,8 +144,10 @@ class RetrievalEvalConfig:
     split: str = setting("test", doc="The qrels file: qrels/<split>.tsv.")
     ks: list[int] = setting(factory=lambda: [1, 5, 10, 100], doc="Cut-offs of recall@k.")
     batch_size: int = setting(64, doc="Texts embedded at once.", check=at_least(1))
-    max_length: int = setting(
-        512, doc="Truncate queries and documents to this many tokens.", check=at_least(2)
+    max_length: int | None = setting(
+        None,
+        doc="Truncate queries and documents to this many tokens; unset: the model folder's max_seq_length, else 512.",
+        check=at_least(2),
     )
     before_training: bool = setting(True, doc="Evaluate before the first step.")
     after_training: bool = setting(True, doc="Evaluate after the last step.")

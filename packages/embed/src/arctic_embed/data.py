@@ -163,11 +163,12 @@ def pair_rows(rows: Iterable[dict[str, Any]], source: str, config: Any) -> list[
                     f"{where}: {len(negatives)} negatives, data.num_negatives is {config.num_negatives}"
                 )
             negatives = negatives[: config.num_negatives]
+        query_prefix, document_prefix = config.query_prefix or "", config.document_prefix or ""
         out.append(
             {
-                "query": [config.query_prefix + query[0]],
-                "positives": [config.document_prefix + t for t in positives],
-                "negatives": [config.document_prefix + t for t in negatives],
+                "query": [query_prefix + query[0]],
+                "positives": [document_prefix + t for t in positives],
+                "negatives": [document_prefix + t for t in negatives],
             }
         )
     return out

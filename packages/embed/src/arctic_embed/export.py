@@ -51,14 +51,18 @@ def write_sentence_transformers_files(
     max_seq_length: int,
     query_prefix: str = "",
     document_prefix: str = "",
+    normalize: bool = True,
 ) -> Path:
     """The sentence-transformers module files, beside an encoder already saved in `folder`."""
     out = Path(folder)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
     _write(out / "modules.json", modules)
     _write(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     flags = {flag: flag == POOLING_FLAGS[pooling] for flag in ALL_FLAGS}
@@ -66,7 +70,8 @@ def write_sentence_transformers_files(
         out / "1_Pooling" / "config.json",
         {"word_embedding_dimension": hidden_size, **flags, "include_prompt": True},
     )
-    (out / "2_Normalize").mkdir(exist_ok=True)
+    if normalize:
+        (out / "2_Normalize").mkdir(exist_ok=True)
     prompts = {name: text for name, text in (("query", query_prefix), ("document", document_prefix))}
     _write(
         out / "config_sentence_transformers.json",
@@ -82,20 +87,20 @@ def _write(path: Path, value: Any) -> None:
 
 
 def read_sentence_transformers_pooling(folder: str | Path) -> str | None:
-    """The pooling of a sentence-transformers folder (None if it is not one, or its pooling has no equivalent)."""
-    config = Path(folder) / "1_Pooling" / "config.json"
-    if not config.is_file():
-        return None
-    flags = json.loads(config.read_text())
-    for pooling, flag in POOLING_FLAGS.items():
-        if flags.get(flag):
-            return pooling
-    return None
+    """The pooling a model folder declares (`arctic_embed.folder`), None if it declares none."""
+    from arctic_embed.folder import read_folder
+
+    found = read_folder(str(folder)).pooling
+    return None if found is None else str(found.value)
 
 
 def read_prompts(folder: str | Path) -> dict[str, str]:
-    path = Path(folder) / "config_sentence_transformers.json"
-    return dict(json.loads(path.read_text()).get("prompts") or {}) if path.is_file() else {}
+    """The folder's query and document prompts (only those it declares)."""
+    from arctic_embed.folder import read_folder
+
+    found = read_folder(str(folder))
+    pairs = (("query", found.query_prompt), ("document", found.document_prompt))
+    return {name: str(value.value) for name, value in pairs if value is not None}
 
 
 def ensure_pad_token(tokenizer: Any) -> Any:
@@ -118,6 +123,7 @@ def export_model(
     query_prefix: str = "",
     document_prefix: str = "",
     state_dict: dict[str, Any] | None = None,
+    normalize: bool = True,
 ) -> Path:
     """Save `module` (an `AutoModel` encoder) and `tokenizer` as a sentence-transformers folder."""
     out = Path(folder)
@@ -132,6 +138,7 @@ def export_model(
         max_seq_length=max_seq_length,
         query_prefix=query_prefix,
         document_prefix=document_prefix,
+        normalize=normalize,
     )
 
 
@@ -157,11 +164,12 @@ class SentenceTransformersCheckpoint(CheckpointEngine):
             module,
             trainer.tokenizer,
             folder,
-            pooling=config.model.pooling,
-            max_seq_length=config.data.max_seq_length_doc or config.retrieval_eval.max_length,
-            query_prefix=config.data.query_prefix,
-            document_prefix=config.data.document_prefix,
+            pooling=config.model.pooling or "first_token",
+            max_seq_length=config.data.max_seq_length_doc or config.retrieval_eval.max_length or 512,
+            query_prefix=config.data.query_prefix or "",
+            document_prefix=config.data.document_prefix or "",
             state_dict=state,
+            normalize=config.model.normalize is not False,
         )
 
 

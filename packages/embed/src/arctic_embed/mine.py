@@ -1,7 +1,8 @@
 """Hard-negative mining with a teacher model, written as triplets Arctic trains on.
 
 For each query of a BEIR-style folder (corpus, queries, qrels): embed everything with the
-teacher, retrieve the top `depth` documents (exact),
+teacher, retrieve the top `depth` documents (faiss's exact inner-product index when faiss is
+installed, `pip install 'arctic-embed[faiss]'`; else the chunked matrix product; same neighbours),
 drop the query's positives, and keep the `num_negatives` best remaining documents whose score
 is below `margin` x the lowest positive score (ArcticTraining's false-negative guard: a
 document the teacher scores almost as high as a positive is likely an unlabelled positive).
@@ -20,6 +21,32 @@ import torch
 from arctic_embed.retrieval import document_text, encode_texts, read_beir, top_k
 
 
+def faiss_available() -> bool:
+    """Whether faiss can be imported (the `arctic-embed[faiss]` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+def search(
+    queries: torch.Tensor, documents: torch.Tensor, k: int, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and indices `[Q, k]` of the k best documents per query by inner product.
+
+    `backend`: `faiss` (an exact `IndexFlatIP`, many CPU threads), `exact` (torch, chunked), or
+    `auto` (faiss when installed). Both are exact: they differ only in the order of exact ties.
+    """
+    if backend == "exact" or (backend == "auto" and not faiss_available()):
+        return top_k(queries, documents, k)
+    import faiss  # type: ignore[import-not-found]
+
+    k = min(k, documents.shape[0])
+    index = faiss.IndexFlatIP(documents.shape[1])
+    index.add(documents.float().contiguous().numpy())
+    scores, indices = index.search(queries.float().contiguous().numpy(), k)
+    return torch.from_numpy(scores), torch.from_numpy(indices).long()
+
+
 def mine_negatives(
     query_embeddings: torch.Tensor,
     document_embeddings: torch.Tensor,
@@ -30,7 +57,7 @@ def mine_negatives(
     depth: int = 100,
 ) -> list[list[int] | None]:
     """Per query, the indices of its mined negatives (None when too few are eligible)."""
-    scores, indices = top_k(query_embeddings, document_embeddings, depth)
+    scores, indices = search(query_embeddings, document_embeddings, depth)
     out: list[list[int] | None] = []
     for q, pos in enumerate(positives):
         if not pos:

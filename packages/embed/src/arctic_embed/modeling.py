@@ -95,10 +95,7 @@ def save_biencoder_config(folder: str | Path, pooling: str, **extra: Any) -> Non
 
 def read_pooling(folder: str | Path, default: str = "first_token") -> str:
     """The pooling a saved model folder declares: biencoder_config.json, else a sentence-transformers
-    1_Pooling/config.json, else `default`."""
-    folder = Path(folder)
-    if (folder / BIENCODER_CONFIG).is_file():
-        return str(json.loads((folder / BIENCODER_CONFIG).read_text())["pooling"])
+    Pooling module's config.json (either format), else `default`."""
     from arctic_embed.export import read_sentence_transformers_pooling
 
     found = read_sentence_transformers_pooling(folder)

@@ -191,3 +191,22 @@ def evaluate_folder(
     ids = [str(d["_id"]) for d in corpus]
     ranked = {str(q["_id"]): [ids[j] for j in row.tolist()] for q, row in zip(queries, indices)}
     return retrieval_metrics(ranked, qrels, settings.ks)
+
+
+def worse_than_untouched(log: str | Path, after: dict[str, float], metric: str = "ndcg@10") -> str | None:
+    """A warning when `after[metric]` is below the untouched model's (the run's first "before
+    training" record in `log`, a `retrieval_eval.jsonl`); None when not worse or never measured."""
+    path = Path(log)
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("when") == "before training" and metric in record:
+            before = float(record[metric])
+            if after[metric] < before:
+                return (
+                    f"training made retrieval worse: held-out {metric} {after[metric]:.4f} after training, "
+                    f"{before:.4f} for the untouched model (check lr, temperature, pooling and prompts)"
+                )
+            return None
+    return None

@@ -53,6 +53,14 @@ class EmbedTrainer(Trainer):
         "another loss than one of k x m (ranks, which gather their documents, must match)"
     }
 
+    @classmethod
+    def resolve_config(cls, config: Any) -> tuple[Any, dict[str, str], list[str]]:
+        """Unset pooling, normalisation, prompts and lengths from the model folder (`arctic_embed.folder`)."""
+        from arctic_embed.folder import resolve
+
+        found = resolve(config)
+        return found.config, found.sources, found.warnings
+
     @property
     def auto_model_class(self) -> Any:  # type: ignore[override]
         from transformers import AutoModel
@@ -150,12 +158,15 @@ class EmbedTrainer(Trainer):
         """Rows: one per (query, positive) pair whose positive is among the gathered documents."""
         return float(batch["targets"].rows)
 
+    @property
+    def pooling(self) -> str:
+        """The resolved pooling (`resolve_config` set it from the model folder, else the default)."""
+        return self.config.model.pooling or "first_token"
+
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings through the engine, in checkpointed chunks when `embed_chunk_size` is set."""
         ids, mask = trim_padding(input_ids, attention_mask)
-        return embed_texts(
-            self.engine, ids, mask, self.config.model.pooling, chunk_size=self.config.embed_chunk_size
-        )
+        return embed_texts(self.engine, ids, mask, self.pooling, chunk_size=self.config.embed_chunk_size)
 
     def loss_function(self) -> Any:
         """The chunked InfoNCE, each chunk computed by the `loss_kernel` block (PyTorch or Triton)."""
@@ -194,23 +205,29 @@ class EmbedTrainer(Trainer):
 
     def retrieval_eval(self, when: str) -> dict[str, float]:
         """nDCG@10, recall@k, MRR on `[retrieval_eval] path` (every rank embeds a share of the texts)."""
-        from arctic_embed.retrieval import evaluate_folder
+        from arctic_embed.retrieval import evaluate_folder, worse_than_untouched
 
         module = self.engine.module if self.engine is not None else self.model
         results = evaluate_folder(
             module,
             self.tokenizer,
             self.config.retrieval_eval,
-            pooling=self.config.model.pooling,
-            query_prefix=self.config.data.query_prefix,
-            document_prefix=self.config.data.document_prefix,
+            pooling=self.pooling,
+            query_prefix=self.config.data.query_prefix or "",
+            document_prefix=self.config.data.document_prefix or "",
             device=self.device,
             group=self.groups.dp_group if self.zero_stage != 3 else None,
         )
         self.log.info("retrieval %s: %s", when, " ".join(f"{k}={v:.4f}" for k, v in results.items()))
+        path = Path(self.config.run_dir) / "retrieval_eval.jsonl"
+        record: dict[str, Any] = {"when": when, "step": self.global_step, **results}
+        drop = worse_than_untouched(path, results) if when == "after training" else None
+        if drop is not None:  # never silently worse than not training
+            self.log.warning("%s", drop)
+            record["warning"] = drop
         if self.rank == 0:
-            with (Path(self.config.run_dir) / "retrieval_eval.jsonl").open("a") as out:
-                out.write(json.dumps({"when": when, "step": self.global_step, **results}) + "\n")
+            with path.open("a") as out:
+                out.write(json.dumps(record) + "\n")
         return results
 
 
