@@ -49,10 +49,22 @@ def test_help_lists_methods_fast_and_without_torch():
     assert "demo" in result.stdout and "train" in result.stdout and "config" in result.stdout
 
 
-def test_plugins_lists_package_and_version():
-    result = run("plugins")
-    assert result.returncode == 0
+def test_plugins_lists_package_version_and_kernels_without_torch():
+    code = (
+        "import sys\n"
+        "from arctic_core.cli import main\n"
+        "try:\n    main(['plugins'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'triton') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
     assert "demo" in result.stdout and "arctic-demo 0.0.1" in result.stdout
+    rows = {line.split()[0]: line.split() for line in result.stdout.split("Kernels")[1].splitlines()[2:]}
+    # name, package, has Triton, validated on GPU, what `auto` runs here (none is validated: torch)
+    assert rows["core.cross_entropy"] == ["core.cross_entropy", "arctic-core", "yes", "no", "torch"]
+    assert rows["swiftkv.fused_kl"][1:] == ["arctic-swiftkv", "yes", "no", "torch"]
+    assert {"embed.infonce", "speculator.head_step"} <= set(rows)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from arctic_core.kernels import ce_value_and_grad_
+from arctic_core.kernels.reference import ce_value_and_grad_
 from arctic_core.losses import chunked_cross_entropy_sum, fused_linear_cross_entropy, token_log_probs
 from arctic_core.testing import run_in_triton_interpreter
 
@@ -150,8 +150,10 @@ TRITON_CHECK = textwrap.dedent(
     import os, sys
     assert os.environ["TRITON_INTERPRET"] == "1" and "triton" not in sys.modules
     import torch
-    from arctic_core.kernels import ce_value_and_grad_reference_ as reference
-    from arctic_core.kernels.triton_ce import ce_value_and_grad_ as kernel
+    from arctic_core.kernels import select
+    reference = select("core.cross_entropy", "torch", "cpu")
+    kernel = select("core.cross_entropy", "triton", "cpu")  # the registry's pick, under the interpreter
+    assert kernel.__module__ == "arctic_core.kernels.triton_ce" and "triton" in sys.modules
     cases = [(5, 97, None, None, 32), (4, 300, 0.7, None, 128), (3, 64, None, 3.0, 16),
              (6, 1000, 2.5, 1.5, 256), (1, 7, None, None, 1024), (0, 9, None, None, 8)]
     for rows, vocab, scale, cap, block in cases:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from arctic_core.testing import run_in_triton_interpreter
-from arctic_embed.kernels import KernelUnavailable, resolve_kernel
 
 pytest.importorskip("triton")
 
@@ -23,14 +21,15 @@ assert "triton" not in sys.modules
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
 import torch.nn.functional as F
-from arctic_embed.kernels import resolve_kernel
-from arctic_embed.kernels.infonce import torch_backward, torch_forward, triton_backward, triton_forward
+from arctic_core.kernels import select
+from arctic_embed.kernels.infonce import TRITON_BLOCK, torch_backward, torch_forward, triton_backward, triton_forward
 from arctic_embed.loss import build_targets, info_nce, info_nce_reference
 
 def err(a, b):
     return float((a - b).abs().max() / (b.abs().max() + 1e-30))
 
-out = {"kernel": resolve_kernel("triton", torch.device("cpu")), "blocks": [], "loss": []}
+picked = select("embed.infonce", "triton", torch.device("cpu"))
+out = {"kernel": "triton" if picked is TRITON_BLOCK else "torch", "blocks": [], "loss": []}
 g = torch.Generator().manual_seed(0)
 # odd sizes: one row, rows and columns across tile edges (16/64), an embedding over 2 K-tiles
 for rows, cols, dim, t in [(1, 3, 5, 0.02), (19, 37, 33, 0.05), (70, 67, 130, 0.02)]:
@@ -54,7 +53,7 @@ for ibn in (True, False):
     targets = build_targets(rel_q, rel_c, rel_v, num_columns=nd, in_batch_negatives=ibn)
     q0, d0 = torch.randn(nq, dim, generator=g), torch.randn(nd, dim, generator=g)
     results = []
-    for fn in (lambda q, d: info_nce(q, d, targets, 0.05, chunk_size=5, kernel="triton"),
+    for fn in (lambda q, d: info_nce(q, d, targets, 0.05, chunk_size=5, kernels="triton"),
                lambda q, d: info_nce_reference(q, d, targets, 0.05)):
         q, d = q0.clone().requires_grad_(), d0.clone().requires_grad_()
         loss = fn(F.normalize(q, dim=-1), F.normalize(d, dim=-1))
@@ -73,11 +72,3 @@ def test_triton_block_matches_the_reference_in_the_interpreter():
     assert len(out["blocks"]) == 3 and len(out["loss"]) == 2
     for errors in out["blocks"] + out["loss"]:
         assert max(errors) < 1e-5, out
-
-
-def test_triton_kernel_is_refused_on_a_cpu_without_the_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(KernelUnavailable, match="CUDA devices only"):
-        resolve_kernel("triton", torch.device("cpu"))
-    assert resolve_kernel("auto", torch.device("cpu")) == "torch"
-    assert resolve_kernel("torch", torch.device("cpu")) == "torch"

@@ -50,17 +50,19 @@ TRITON_CHECK = textwrap.dedent(
     import os, sys
     assert os.environ["TRITON_INTERPRET"] == "1" and "triton" not in sys.modules
     import torch
+    from arctic_core.kernels import select
     from arctic_speculator.kernels import fused_head_step
     from arctic_speculator.kernels.reference import head_step
+    assert select("speculator.head_step", "triton", "cpu")[0].__module__ == "arctic_speculator.kernels.triton_step"
     for rows, dim, alpha in [(6, 32, 1.3), (3, 37, 0.5), (1, 1, 2.0), (0, 16, 1.0)]:
         g = torch.Generator().manual_seed(dim)
         p, e = torch.randn(rows, dim, generator=g), torch.randn(rows, dim, generator=g)
         w, b = torch.randn(dim, generator=g), torch.randn(dim, generator=g)
         upstream = torch.randn(rows, dim, generator=g)
         results = []
-        for use_triton in (True, False):
+        for kernels in ("triton", "torch"):
             leaves = [t.clone().requires_grad_() for t in (p, e, w, b)]
-            y = fused_head_step(leaves[0], leaves[1], alpha, leaves[2], leaves[3], 1e-6, use_triton=use_triton)
+            y = fused_head_step(leaves[0], leaves[1], alpha, leaves[2], leaves[3], 1e-6, kernels=kernels)
             (y * upstream).sum().backward()
             results.append([y.detach()] + [t.grad for t in leaves])
         expected = head_step(p, e, alpha, w, b, 1e-6)

@@ -65,7 +65,10 @@ TRITON_CHECK = textwrap.dedent(
     import os, sys
     assert os.environ["TRITON_INTERPRET"] == "1" and "triton" not in sys.modules
     import torch
-    from arctic_swiftkv.kernels import kl_value_and_grad, kl_value_and_grad_triton
+    from arctic_core.kernels import select
+    from arctic_swiftkv.kernels import fused_kl, kl_value_and_grad
+    kernel = select("swiftkv.fused_kl", "triton", "cpu")  # the registry's pick, under the interpreter
+    assert kernel.__module__ == "arctic_swiftkv.kernels.triton_kl"
     import triton
     assert triton.knobs.runtime.interpret if hasattr(triton, "knobs") else True
     for rows, vocab, temperature, block in [(5, 97, 2.0, 32), (3, 1000, 0.7, 128), (1, 7, 1.0, 1024), (0, 9, 2.0, 8)]:
@@ -73,13 +76,17 @@ TRITON_CHECK = textwrap.dedent(
         student = torch.randn(rows, vocab, generator=g) * 3
         teacher = torch.randn(rows, vocab, generator=g) * 3
         want = kl_value_and_grad(student, teacher, temperature)
-        from arctic_swiftkv.kernels.triton_kl import kl_value_and_grad as kernel
         got = kernel(student, teacher, temperature, block=block)
         for a, b in zip(got, want):
             assert a.shape == b.shape and a.dtype == torch.float32
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         if rows:
             assert float(got[0].min()) > 0
+            s = student.clone().requires_grad_()
+            value = fused_kl(s, teacher, temperature, kernels="triton")  # the autograd path, Triton inside
+            value.backward()
+            torch.testing.assert_close(value.detach(), want[0].sum(), atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(s.grad, want[1], atol=1e-5, rtol=1e-5)
     print("triton ok")
     """
 )

@@ -328,7 +328,7 @@ cli.add_command(plan_command(None))
 
 @cli.command("plugins")
 def plugins_command() -> None:
-    """List installed methods and features with their packages and versions."""
+    """List installed methods, features and kernels with their packages and versions."""
     from arctic_core import features
 
     found: list[Any] = plugins.installed()
@@ -345,6 +345,27 @@ def plugins_command() -> None:
     for f in extras:
         state = f"BROKEN: {f.error}" if f.broken else (f.feature.description if f.feature else "")
         click.echo(f"{f.name:<{width}}  {f.package} {f.version}  {state}")
+    _echo_kernels()
+
+
+def _echo_kernels() -> None:
+    """The kernel table of `arctic plugins`: who provides each kernel and what `kernels = "auto"` runs here."""
+    from arctic_core.kernels import registry
+
+    rows = [("kernel", "package", "triton", "validated on GPU", "auto picks here")]
+    for entry in registry.installed():
+        kernel = entry.kernel
+        picks = f"BROKEN: {entry.problem}" if entry.problem else registry.auto_choice(kernel)
+        has_triton = "yes" if kernel.triton else "no"
+        rows.append(
+            (kernel.name, entry.package, has_triton, "yes" if kernel.validated_on_gpu else "no", picks)
+        )
+    click.echo(f"\nKernels (recipe key `{registry.KEY}`: auto, torch or triton, for every method):")
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo(
+            "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[4]])
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import attrs
 
 from arctic_core.errors import FieldError
+from arctic_core.kernels.registry import MODES as KERNEL_MODES
 
 _NOTHING: Any = attrs.NOTHING
 _SOURCE_STRING = re.compile(r"^(?P<name>[^:]+?)(?::(?P<split>[A-Za-z0-9_.\-]+(?:\[[^\]]*\])?))?$")
@@ -390,6 +391,12 @@ class TrainerConfig:
         check=at_least(0),
     )
     seed: int = setting(42, doc="Seed for model init, dropout and data order.")
+    kernels: str = setting(
+        "auto",
+        doc="Custom kernels, every method: auto (Triton on CUDA where validated on a GPU; none is yet), "
+        "torch (PyTorch references) or triton (CUDA, or TRITON_INTERPRET=1).",
+        check=one_of(*KERNEL_MODES),
+    )
     eval_interval: int = setting(0, doc="Evaluate every N optimizer steps (0: never).", check=at_least(0))
     train_log_metrics_path: str | None = setting(
         None, doc="Per-step metrics; default <run folder>/metrics.jsonl."

@@ -30,6 +30,7 @@ import attrs
 
 from arctic_core import plugins
 from arctic_core.errors import ArcticError, RecipeError
+from arctic_core.kernels.registry import Kernel
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +66,7 @@ class Feature:
     hooks: str  # "module:Class": a FeatureHooks subclass
     verify: str | None = None  # "module:function" returning `arctic verify` checks (docs/verify.md)
     plan: str | None = None  # "module:function" adjusting `arctic plan`'s PlanSetup (docs/plan.md)
+    kernels: tuple[Kernel, ...] = ()  # its custom kernels (`arctic_core.kernels.registry`)
     core_version: str = ""  # PEP 440 specifier for arctic-core, e.g. ">=0.1,<0.2"
 
     def config_class(self) -> type:

@@ -26,7 +26,7 @@ ZeRO-3 gathers its weight as usual, tied to the input embeddings or not.
 
 Cross-entropy with a plain linear head (`torch.nn.Linear`, tied or not) is *fused*
 (`fused_linear_cross_entropy`): each chunk's logits are made, turned into the loss and, in place, into
-the gradient wrt the logits (`arctic_core.kernels`: Triton on CUDA, PyTorch elsewhere), then reduced to
+the gradient wrt the logits (kernel `core.cross_entropy`, picked by the recipe's `kernels` key), then reduced to
 the chunk's gradients wrt the hidden states, the weight and the bias, all in the forward pass. Backward
 only scales the saved gradients: three matmuls per chunk instead of four (no recompute), no autograd
 graph over vocabulary-wide tensors, and one chunk of logits alive at a time. Such a loss must be
@@ -58,9 +58,11 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from arctic_core.gather import agree_max
-from arctic_core.kernels import ce_value_and_grad_
+from arctic_core.kernels import select
 
 IGNORE_INDEX = -100
+CROSS_ENTROPY = "core.cross_entropy"
+"""The registry name of the per-chunk cross-entropy kernel (`arctic_core.kernels`)."""
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 DEFAULT_CHUNK_SIZE = 4096
 
@@ -209,8 +211,10 @@ def _linear_ce_chunks(
     scale: float | None,
     softcap: float | None,
     ignore_index: int,
+    kernels: str,
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """Per-row CE `[N]` fp32, and the gradients of their sum wrt (hidden, weight, bias) where `need` asks."""
+    ce_value_and_grad_ = select(CROSS_ENTROPY, kernels, hidden.device)
     need_h, need_w, need_b = need
     rows = hidden.shape[0]
     losses = torch.empty(rows, dtype=torch.float32, device=hidden.device)
@@ -259,6 +263,7 @@ def fused_linear_cross_entropy(
     scale: float | None = None,
     softcap: float | None = None,
     ignore_index: int = IGNORE_INDEX,
+    kernels: str = "auto",
 ) -> torch.Tensor:
     """sum_i CE(u_i, y_i) with u = c·tanh(s·(h·Wᵀ + b)/c), fp32; gradients formed in the forward pass.
 
@@ -266,10 +271,16 @@ def fused_linear_cross_entropy(
     `chunked_cross_entropy_sum` does), `targets` `[N]` (`ignore_index` rows count 0). `scale` s and
     `softcap` c are optional. At most one `[chunk_size, V]` fp32 logits buffer exists at a time. When
     grad is enabled and an input requires it, the result must be backpropagated at most once; without
-    grad only the loss is computed.
+    grad only the loss is computed. `kernels` is the recipe's kernel switch (auto, torch, triton).
     """
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        options = {"chunk_size": chunk_size, "scale": scale, "softcap": softcap, "ignore_index": ignore_index}
+        options = {
+            "chunk_size": chunk_size,
+            "scale": scale,
+            "softcap": softcap,
+            "ignore_index": ignore_index,
+            "kernels": kernels,
+        }
         result: torch.Tensor = _FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, options)
         return result
     return linear_cross_entropy_rows(
@@ -281,6 +292,7 @@ def fused_linear_cross_entropy(
         scale=scale,
         softcap=softcap,
         ignore_index=ignore_index,
+        kernels=kernels,
     ).sum()
 
 
@@ -294,6 +306,7 @@ def linear_cross_entropy_rows(
     scale: float | None = None,
     softcap: float | None = None,
     ignore_index: int = IGNORE_INDEX,
+    kernels: str = "auto",
 ) -> torch.Tensor:
     """Per-row CE `[N]` of the fused path without any gradient (evaluation, frozen references)."""
     with torch.no_grad():
@@ -307,6 +320,7 @@ def linear_cross_entropy_rows(
             scale=scale,
             softcap=softcap,
             ignore_index=ignore_index,
+            kernels=kernels,
         )
     return losses
 
@@ -361,15 +375,21 @@ def chunked_cross_entropy_sum(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     config: Any = None,
+    kernels: str = "auto",
 ) -> torch.Tensor:
     """Sum of CE over `hidden` `[N, H]` rows against `targets` `[N]`, `chunk_size` rows at a time (fp32).
 
     A plain linear head takes the fused path (`fused_linear_cross_entropy`: backpropagate the result at
-    most once); any other head runs each chunk under activation checkpointing.
+    most once; `kernels` picks its kernel); any other head runs each chunk under activation checkpointing.
     """
     scale, cap = logit_transform(config)
     if fusable_head(head):
-        options: dict[str, Any] = {"chunk_size": chunk_size, "scale": scale, "softcap": cap}
+        options: dict[str, Any] = {
+            "chunk_size": chunk_size,
+            "scale": scale,
+            "softcap": cap,
+            "kernels": kernels,
+        }
         if zero3_head(head) and torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
             return _fused_as_module_call(head, hidden, targets, **options)  # type: ignore[no-any-return]
         with whole_head(head):
@@ -396,17 +416,25 @@ def token_log_probs(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     config: Any = None,
+    kernels: str = "auto",
 ) -> torch.Tensor:
     """log p(target) `[N]` fp32 for each row of `hidden` `[N, H]`, `chunk_size` rows at a time.
 
     Chunks are checkpointed when grad is enabled; under no_grad they simply run one after another
-    (through the fused kernel for a plain linear head).
+    (through the fused kernel, picked by `kernels`, for a plain linear head).
     """
     scale, cap = logit_transform(config)
     if not torch.is_grad_enabled() and fusable_head(head):
         with whole_head(head):
             return -linear_cross_entropy_rows(
-                hidden, head.weight, targets, head.bias, chunk_size=chunk_size, scale=scale, softcap=cap
+                hidden,
+                head.weight,
+                targets,
+                head.bias,
+                chunk_size=chunk_size,
+                scale=scale,
+                softcap=cap,
+                kernels=kernels,
             )
     parts = []
     for start in chunk_starts(hidden.shape[0], chunk_size, head):
@@ -530,10 +558,12 @@ def causal_lm_loss(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     call: Any = None,
+    kernels: str = "auto",
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the batch's trainable tokens (labels unshifted).
 
     `call` runs the root forward (the DeepSpeed engine in training); default: `model` itself.
+    `kernels` is the recipe's kernel switch (auto, torch, triton).
     With no trainable token the loss is 0, still connected to every parameter.
     """
     backbone, head = backbone_and_head(model)
@@ -547,6 +577,7 @@ def causal_lm_loss(
         targets[keep],
         chunk_size=chunk_size,
         config=getattr(model, "config", None),
+        kernels=kernels,
     )
     if count == 0:
         return summed + hidden.sum() * 0.0  # keeps the graph (and every rank's collectives) intact
@@ -559,10 +590,12 @@ def sequence_log_probs(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     call: Any = None,
+    kernels: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of the batch: (sum of its trainable tokens' log-probs `[R]` fp32, their count `[R]`).
 
     `call` runs the root forward (a DeepSpeed engine, which ZeRO-3 needs); default: `model` itself.
+    `kernels` is the recipe's kernel switch (auto, torch, triton).
     """
     backbone, head = backbone_and_head(model)
     hidden = final_hidden_states(model, backbone, batch, call)
@@ -575,6 +608,7 @@ def sequence_log_probs(
         targets[keep],
         chunk_size=chunk_size,
         config=getattr(model, "config", None),
+        kernels=kernels,
     )
     sums = torch.zeros(targets.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, rows, logps)
     sums = sums + hidden.sum() * 0.0  # keeps every parameter in the graph, even without answer tokens

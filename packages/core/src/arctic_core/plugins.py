@@ -24,6 +24,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from arctic_core import __version__ as CORE_VERSION
+from arctic_core.kernels.registry import Kernel
 
 GROUP = "arctic.methods"
 
@@ -52,6 +53,7 @@ class Method:
     commands: str | None = None  # "module:click_group" with extra verbs (generate, eval, ...)
     verify: str | None = None  # "module:function" returning `arctic verify` checks (docs/verify.md)
     plan: str | None = None  # "module:function" adjusting `arctic plan`'s PlanSetup (docs/plan.md)
+    kernels: tuple[Kernel, ...] = ()  # its custom kernels (`arctic_core.kernels.registry`)
     core_version: str = ""  # PEP 440 specifier for arctic-core, e.g. ">=0.1,<0.2"
 
     def config_class(self) -> type:

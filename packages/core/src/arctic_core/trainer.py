@@ -430,7 +430,9 @@ class Trainer:
         except TypeError:
             return causal_lm_loss(self.forward(batch).logits, batch["labels"])
         chunk_size = getattr(self.config, "loss_chunk_size", losses.DEFAULT_CHUNK_SIZE)
-        return losses.causal_lm_loss(self.model, batch, chunk_size=chunk_size, call=self.engine)
+        return losses.causal_lm_loss(
+            self.model, batch, chunk_size=chunk_size, call=self.engine, kernels=self.config.kernels
+        )
 
     def before_optimizer_step(self) -> None:
         """Called after the step's last backward, before the optimizer step (gradients are complete)."""

@@ -180,11 +180,6 @@ class EmbedConfig(TrainerConfig):
     loss_chunk_size: int = setting(
         1024, doc="Rows of the similarity matrix computed at once in the loss.", check=at_least(1)
     )
-    loss_kernel: str = setting(
-        "auto",
-        doc="InfoNCE block: torch, triton (CUDA only; arctic-embed[gpu]) or auto (torch until triton is GPU-validated).",
-        check=one_of("auto", "torch", "triton"),
-    )
     retrieval_eval: RetrievalEvalConfig = setting(factory=RetrievalEvalConfig, doc="[retrieval_eval] table.")
 
     def __attrs_post_init__(self) -> None:

@@ -17,8 +17,8 @@ the one-rank loss of the global batch, at every ZeRO stage.
 `info_nce` computes this `chunk_size` rows at a time in a custom autograd function that keeps
 only the embeddings and one logsumexp per row between forward and backward, and recomputes each
 chunk's scores in the backward pass (the analytic gradient above): the `[rows, documents]`
-score matrix never exists whole. Each chunk is one block of `arctic_embed.kernels` (PyTorch, or
-a Triton kernel that also never holds a whole row of scores). `info_nce_reference` is the plain dense autograd formula, the
+score matrix never exists whole. Each chunk is one block of kernel `embed.infonce` (`arctic_embed.kernels`:
+PyTorch, or a Triton kernel that also never holds a whole row of scores; the `kernels` key picks). `info_nce_reference` is the plain dense autograd formula, the
 independent reference the tests compare it with. Matryoshka (`mrl_loss`): (1 - w) L(full) +
 w L(first mrl_dim coordinates, re-normalised).
 """
@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from arctic_embed.kernels import block_functions
+from arctic_core.kernels import select
+from arctic_embed.kernels import INFONCE
 
 
 @dataclass
@@ -109,9 +110,9 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         targets: Targets,
         temperature: float,
         chunk: int,
-        kernel: str,
+        kernel: tuple[Any, Any],
     ) -> torch.Tensor:
-        block_forward, _ = block_functions(kernel)
+        block_forward = kernel[0]
         rows = targets.rows
         lse = torch.empty(rows, dtype=q.dtype, device=q.device)
         total = torch.zeros((), dtype=torch.float64, device=q.device)
@@ -129,7 +130,7 @@ class _ChunkedInfoNCE(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         q, d, lse = ctx.saved_tensors
         targets, temperature = ctx.targets, ctx.temperature
-        _, block_backward = block_functions(ctx.kernel)
+        block_backward = ctx.kernel[1]
         dq, dd = torch.zeros_like(q), torch.zeros_like(d)
         scale = grad / (temperature * targets.rows)
         for start in range(0, targets.rows, ctx.chunk):
@@ -151,12 +152,13 @@ def info_nce(
     temperature: float,
     *,
     chunk_size: int = 1024,
-    kernel: str = "torch",
+    kernels: str = "auto",
 ) -> torch.Tensor:
     """Mean InfoNCE over the rows of `targets` (q, d already normalised), `chunk_size` rows at a time.
 
-    `kernel` computes each chunk: `torch`, or `triton` (`arctic_embed.kernels`).
+    `kernels` (the recipe's switch: auto, torch, triton) picks the block that computes each chunk.
     """
+    kernel = select(INFONCE, kernels, q.device)
     if targets.rows == 0:
         return (q.sum() + d.sum()) * 0.0  # connected, so every rank still runs the same backward
     result: torch.Tensor = _ChunkedInfoNCE.apply(q, d, targets, temperature, chunk_size, kernel)

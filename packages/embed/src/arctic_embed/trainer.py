@@ -37,7 +37,6 @@ from arctic_core.gather import all_gather_detached, all_gather_with_grad
 from arctic_core.trainer import LossOutput, Trainer
 from arctic_embed import data as embed_data
 from arctic_embed.config import BiencoderConfig, EmbedConfig
-from arctic_embed.kernels import KernelUnavailable, resolve_kernel
 from arctic_embed.loss import build_targets, info_nce, mrl_loss
 from arctic_embed.modeling import embed_texts, trim_padding
 
@@ -169,12 +168,10 @@ class EmbedTrainer(Trainer):
         return embed_texts(self.engine, ids, mask, self.pooling, chunk_size=self.config.embed_chunk_size)
 
     def loss_function(self) -> Any:
-        """The chunked InfoNCE, each chunk computed by the `loss_kernel` block (PyTorch or Triton)."""
-        try:
-            kernel = resolve_kernel(self.config.loss_kernel, self.device)
-        except KernelUnavailable as error:
-            raise ArcticError(f"loss_kernel: {error}") from error
-        return functools.partial(info_nce, chunk_size=self.config.loss_chunk_size, kernel=kernel)
+        """The chunked InfoNCE, each chunk computed by the block the `kernels` key picks (PyTorch or Triton)."""
+        return functools.partial(
+            info_nce, chunk_size=self.config.loss_chunk_size, kernels=self.config.kernels
+        )
 
     def loss(self, batch: dict[str, Any]) -> LossOutput:
         queries = self.embed(batch["query_input_ids"], batch["query_attention_mask"])
@@ -195,7 +192,6 @@ class EmbedTrainer(Trainer):
 
     def train(self) -> None:
         self.setup()
-        self.loss_function()  # an unusable loss_kernel fails here, before any step
         settings = self.config.retrieval_eval
         if settings.path and settings.before_training and self.resume_point is None:
             self.retrieval_eval("before training")

@@ -143,7 +143,11 @@ class DPOTrainer(SFTTrainer):
             raise RuntimeError("the reference model was freed after precompute_ref_log_probs")
         with torch.no_grad():
             sums, _ = sequence_log_probs(
-                self.reference.module, batch, chunk_size=self.config.loss_chunk_size, call=self.reference
+                self.reference.module,
+                batch,
+                chunk_size=self.config.loss_chunk_size,
+                call=self.reference,
+                kernels=self.config.kernels,
             )
             if sharded:
                 sums = self.sequence_parallel_sum(sums)
@@ -153,7 +157,11 @@ class DPOTrainer(SFTTrainer):
     def pair_outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pair losses `[B]` (with grad) and the pair statistics `[B, len(STATS)]` (without)."""
         sums, counts = sequence_log_probs(
-            self.model, batch, chunk_size=self.config.loss_chunk_size, call=self.engine
+            self.model,
+            batch,
+            chunk_size=self.config.loss_chunk_size,
+            call=self.engine,
+            kernels=self.config.kernels,
         )
         sums, counts = self.sequence_parallel_sum(sums), self.sequence_parallel_sum(counts)
         pairs = sums.shape[0] // 2

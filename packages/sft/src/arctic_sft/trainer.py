@@ -28,7 +28,13 @@ class SFTTrainer(Trainer):
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor | LossOutput:
         """Mean cross-entropy over the batch's trainable tokens, the output layer run in chunks."""
-        return causal_lm_loss(self.model, batch, chunk_size=self.config.loss_chunk_size, call=self.engine)
+        return causal_lm_loss(
+            self.model,
+            batch,
+            chunk_size=self.config.loss_chunk_size,
+            call=self.engine,
+            kernels=self.config.kernels,
+        )
 
 
 class CausalTrainer(SFTTrainer):

@@ -82,12 +82,13 @@ def speculator_loss(
     *,
     position_ids: torch.Tensor | None = None,
     chunk_size: int = 4096,
+    kernels: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """(loss, metrics) from each head's states `[B, T, D]` (T = L - 2) and output layer, the batch's
     `labels` `[B, L]` and, for packed rows, its `position_ids`; see the module docstring.
 
     Metrics: `head{i}_accuracy` (top-1 agreement with the target) and `head{i}_loss` (mean CE), each
-    over the head's own trained targets.
+    over the head's own trained targets. `kernels` is the recipe's kernel switch (auto, torch, triton).
     """
     labels = labels.to(states[0].device)
     positions = trainable_positions(labels, position_ids)
@@ -98,7 +99,7 @@ def speculator_loss(
         mask = targets != IGNORE_INDEX
         rows, wanted = state[mask], targets[mask]
         count = rows.shape[0]
-        head_sum = chunked_cross_entropy_sum(head, rows, wanted, chunk_size=chunk_size)
+        head_sum = chunked_cross_entropy_sum(head, rows, wanted, chunk_size=chunk_size, kernels=kernels)
         total = total + head_sum + state.sum() * 0.0  # connected to the graph even with nothing to score
         metrics[f"head{i}_loss"] = float(head_sum.detach()) / max(count, 1)
         metrics[f"head{i}_accuracy"] = _correct(head, rows, wanted, chunk_size) / max(count, 1)

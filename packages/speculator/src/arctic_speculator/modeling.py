@@ -55,19 +55,21 @@ class SpeculatorNorm(nn.Module):
     """fms-extras' LayerNormParameterized: x * rsqrt(mean(x^2) + eps) (* weight + bias when affine).
 
     Called with `emb` and `alpha` it is a head's whole step after its projection,
-    GELU(norm(x + alpha * emb)), fused (`arctic_speculator.kernels`: Triton on CUDA).
+    GELU(norm(x + alpha * emb)), fused (`arctic_speculator.kernels`), by the implementation that
+    `kernels` (the recipe's switch, set with `Speculator.use_kernels`) picks.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True):
         super().__init__()
         self.dim, self.eps, self.affine = dim, eps, affine
+        self.kernels = "auto"
         if affine:
             self.weight = nn.Parameter(torch.ones(dim))
             self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
         if emb is not None:
-            return fused_head_step(x, emb, alpha, self.weight, self.bias, self.eps)
+            return fused_head_step(x, emb, alpha, self.weight, self.bias, self.eps, kernels=self.kernels)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return x * self.weight + self.bias if self.affine else x
 
@@ -105,6 +107,12 @@ class Speculator(nn.Module):
         if scale_input:
             self.ln0 = SpeculatorNorm(input_hidden_dim, affine=False)
         self.state_weight = 0.5 ** (0.5 / n_predict)
+
+    def use_kernels(self, mode: str) -> None:
+        """The kernel switch (auto, torch, triton: the recipe's `kernels`) for every fused head step."""
+        for module in self.modules():
+            if isinstance(module, SpeculatorNorm):
+                module.kernels = mode
 
     def set_emb_weight(self, width: int) -> None:
         self.emb_weight = math.sqrt((1 - self.state_weight**2) * (width / 2))

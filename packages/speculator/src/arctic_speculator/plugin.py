@@ -1,6 +1,14 @@
 """Entry points of arctic-speculator: the `speculator` method and ArcticTraining's names for it (light imports only)."""
 
+from arctic_core.kernels import Kernel
 from arctic_core.plugins import Method
+
+HEAD_STEP = Kernel(
+    name="speculator.head_step",
+    doc="A head's step GELU(norm(p + alpha*e) * w + b), forward and hand-written backward, fused.",
+    reference="arctic_speculator.kernels.reference:HEAD_STEP",
+    triton="arctic_speculator.kernels.triton_step:HEAD_STEP",
+)
 
 speculator = Method(
     name="speculator",
@@ -9,6 +17,7 @@ speculator = Method(
     trainer="arctic_speculator.trainer:SpeculatorTrainer",
     plan="arctic_speculator.plan:plan",
     commands="arctic_speculator.cli:commands",
+    kernels=(HEAD_STEP,),
     core_version=">=0.1,<0.2",
 )
 
@@ -18,6 +27,7 @@ arctic_lstm_speculator = Method(
     config="arctic_speculator.config:ArcticLSTMSpeculatorConfig",
     trainer="arctic_speculator.trainer:ArcticLSTMSpeculatorTrainer",
     plan="arctic_speculator.plan:plan",
+    kernels=(HEAD_STEP,),
     core_version=">=0.1,<0.2",
 )
 
@@ -27,5 +37,6 @@ spec_decode = Method(
     config="arctic_speculator.config:SpeculatorConfig",
     trainer="arctic_speculator.trainer:SpecDecodeTrainer",
     plan="arctic_speculator.plan:plan",
+    kernels=(HEAD_STEP,),
     core_version=">=0.1,<0.2",
 )

@@ -50,6 +50,7 @@ class SpeculatorTrainer(Trainer):
                 speculator = build_speculator(hidden_size, vocab_size, cfg.speculator_settings())
             except ValueError as exc:
                 raise RecipeError(str(exc), path="model") from None
+        speculator.use_kernels(self.config.kernels)
         dtype = next(self.base.module.parameters()).dtype
         return speculator.to(dtype)
 
@@ -82,6 +83,7 @@ class SpeculatorTrainer(Trainer):
             batch["labels"],
             position_ids=batch.get("position_ids"),
             chunk_size=self.config.loss_chunk_size,
+            kernels=self.config.kernels,
         )
         return LossOutput(loss, metrics=metrics)
 

@@ -9,7 +9,7 @@ Over the micro-batch's trainable positions P (position t is trainable when its n
 
 z = lm_head(final hidden state); the KL runs the head over chunks of rows (`arctic_core.losses`), so
 full-vocabulary logits of neither model ever exist; each chunk's KL and its gradient come from one
-fused kernel (`arctic_swiftkv.kernels`: Triton on CUDA, its PyTorch reference elsewhere). **The mean** is over trainable positions, not
+fused kernel (`arctic_swiftkv.kernels`; the recipe's `kernels` key picks its PyTorch reference or Triton). **The mean** is over trainable positions, not
 (as ArcticTraining) over every position of the padded batch: so a micro-batch's loss does not shrink
 with its padding or its prompt length, and core's weighting by trainable tokens makes the step loss
 the exact mean over all trainable positions of the global batch, whatever the micro-batch split or
@@ -18,6 +18,7 @@ rank count. A batch without trainable positions gives 0, still connected to the 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ def distillation_loss(
     hidden_loss_layer: int,
     chunk_size: int,
     config: Any = None,
+    kernels: str = "auto",
 ) -> LossOutput:
     """`kl + hidden_loss_mult * mse` (see the module docstring), with both terms as metrics."""
     mask = trainable_positions(labels)
@@ -57,7 +59,7 @@ def distillation_loss(
         temperature=temperature,
         chunk_size=chunk_size,
         config=config,
-        chunk_kl=fused_kl,
+        chunk_kl=functools.partial(fused_kl, kernels=kernels),
     )
     diff = student_states[hidden_loss_layer][mask] - teacher_states[hidden_loss_layer][mask].detach()
     mse = diff.float().pow(2).mean(dim=-1).sum() / max(rows, 1)

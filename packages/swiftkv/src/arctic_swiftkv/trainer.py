@@ -133,4 +133,5 @@ class SwiftKVTrainer(Trainer):
             hidden_loss_layer=self.config.hidden_loss_layer,
             chunk_size=self.config.loss_chunk_size,
             config=module.config,
+            kernels=self.config.kernels,
         )

@@ -12,6 +12,7 @@ The checks:
   and the fix (`model.dtype = "fp32"`). Arctic does not switch to fp32 by itself: the
   precision changes the numbers a run produces, and a recipe written for GPUs usually wants
   bf16 there (docs/architecture.md).
+- kernels: `kernels = "triton"` needs triton and a CUDA device (or `TRITON_INTERPRET=1`).
 - PEFT: `model.peft_config` builds (peft installed, a known `peft_type`, valid arguments).
 - DeepSpeed: the `[deepspeed]` table against the recipe (batch sizes, precision tables,
   ZeRO stage, optimizer offload, optimizer/scheduler sections).
@@ -145,6 +146,16 @@ def check_precision(config: TrainerConfig, warn: Callable[[str], None]) -> Itera
 # --- the other checks -----------------------------------------------------------------------------
 
 
+def check_kernels(config: TrainerConfig) -> Iterator[Problem]:
+    """`kernels = "triton"` where Triton cannot run: refused now, not at the first step."""
+    from arctic_core.kernels.registry import KEY, triton_installed, triton_problem
+
+    if config.kernels == "triton":
+        problem = triton_problem(on_cuda=triton_installed() and has_cuda())
+        if problem is not None:
+            yield KEY, problem
+
+
 def check_peft(config: TrainerConfig) -> Iterator[Problem]:
     if not config.model.peft_config and not any(c.merge_adapters for c in config.checkpoint):
         return
@@ -258,7 +269,7 @@ def preflight(
     """
     problems: list[Problem] = []
     problems.extend(check_precision(config, warn))
-    for check in (check_peft, check_checkpoints, check_inputs, check_unread_keys):
+    for check in (check_kernels, check_peft, check_checkpoints, check_inputs, check_unread_keys):
         problems.extend(check(config))
     problems.extend(check_deepspeed(config, world_size))
     hook: Any = getattr(trainer, "check_config", None)

@@ -22,6 +22,7 @@ from arctic_core import features, plugins, registry
 from arctic_core.compat import arctictraining
 from arctic_core.config import TrainerConfig
 from arctic_core.errors import ArcticError, RecipeError
+from arctic_core.kernels import registry as kernel_registry
 from arctic_core.recipe.convert import structure
 from arctic_core.usercode import find_user_code, load_user_code, written_for_arctictraining
 
@@ -330,6 +331,11 @@ def load_recipe(
     compat_problems, compat_notes = arctictraining.translate(raw, config_class)  # its spellings -> Arctic's
     problems += compat_problems
     notes += compat_notes
+    alias_problems, alias_notes = kernel_registry.translate_deprecated(
+        raw, config_class
+    )  # loss_kernel -> kernels
+    problems += alias_problems
+    notes += alias_notes
     try:
         config = structure(raw, config_class, source=source)
     except RecipeError as exc:

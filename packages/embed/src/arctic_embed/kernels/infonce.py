@@ -129,3 +129,9 @@ def triton_backward(
     kernels.backward_dq[(triton.cdiv(rows, s["BLOCK_M"]), dim_tiles)](*args, dq, **blocks)
     kernels.backward_dd[(triton.cdiv(columns, s["BLOCK_N"]), dim_tiles)](*args, dd, **blocks)
     return dq, dd
+
+
+TORCH_BLOCK = (torch_forward, torch_backward)
+"""(forward, backward): the PyTorch reference of kernel `embed.infonce`."""
+TRITON_BLOCK = (triton_forward, triton_backward)
+"""(forward, backward): the Triton version of kernel `embed.infonce`."""

@@ -4,10 +4,10 @@ p = proj_i(state) and e = emb_i(token) come in already computed (the matrix prod
 cuBLAS); the kernel fuses the scaled embedding add, the norm (fms-extras' x * rsqrt(mean(x^2) +
 eps), affine) and the exact GELU, in one pass over each row forward and one backward, instead of
 about ten elementwise kernels and their saved intermediates. `fused_head_step` is an autograd
-function: Triton on CUDA tensors (`triton_step`), elsewhere the PyTorch formulas of `reference`
-(the same function, so CPU training and the Triton path agree). The backward saves only p and e.
-`triton` is imported only on the CUDA path (the `gpu` extra; it ships with torch on Linux), and on
-CPU under `TRITON_INTERPRET=1` for the tests.
+function over the (forward, backward) pair that the kernel switch picks (kernel
+`speculator.head_step` in `arctic_core.kernels`): the Triton kernels of `triton_step`, or the PyTorch
+formulas of `reference` (the same function, so CPU training and the Triton path agree). The
+backward saves only p and e. `triton` is imported only when the Triton version is picked.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ from typing import Any
 
 import torch
 
-from arctic_speculator.kernels import reference
+from arctic_core.kernels import select
+from arctic_speculator.kernels import reference  # noqa: F401  (a submodule tests reach from here)
 
-__all__ = ["FusedHeadStep", "fused_head_step", "head_step_triton"]
+__all__ = ["HEAD_STEP", "FusedHeadStep", "fused_head_step"]
 
-
-def head_step_triton() -> Any:
-    """The Triton module (CUDA, or CPU tensors under `TRITON_INTERPRET=1`)."""
-    from arctic_speculator.kernels import triton_step
-
-    return triton_step
+HEAD_STEP = "speculator.head_step"
+"""The kernel's registry name (declared in `arctic_speculator.plugin`)."""
 
 
 class FusedHeadStep(torch.autograd.Function):
@@ -40,20 +37,16 @@ class FusedHeadStep(torch.autograd.Function):
         weight: torch.Tensor,
         bias: torch.Tensor,
         eps: float,
-        use_triton: bool,
+        kernel: tuple[Any, Any],
     ) -> torch.Tensor:
         ctx.save_for_backward(p, e, weight, bias)
-        ctx.alpha, ctx.eps, ctx.use_triton = alpha, eps, use_triton
-        if use_triton:
-            return head_step_triton().head_step_forward(p, e, alpha, weight, bias, eps)
-        with torch.no_grad():
-            return reference.head_step(p, e, alpha, weight, bias, eps)
+        ctx.alpha, ctx.eps, ctx.kernel = alpha, eps, kernel
+        return kernel[0](p, e, alpha, weight, bias, eps)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
         p, e, weight, bias = ctx.saved_tensors
-        backward = head_step_triton().head_step_backward if ctx.use_triton else reference.head_step_backward
-        dp, de, dw, db = backward(dy, p, e, ctx.alpha, weight, bias, ctx.eps)
+        dp, de, dw, db = ctx.kernel[1](dy, p, e, ctx.alpha, weight, bias, ctx.eps)
         return dp.to(p.dtype), de.to(e.dtype), None, dw.to(weight.dtype), db.to(bias.dtype), None, None
 
 
@@ -65,11 +58,12 @@ def fused_head_step(
     bias: torch.Tensor,
     eps: float = 1e-6,
     *,
-    use_triton: bool | None = None,
+    kernels: str = "auto",
 ) -> torch.Tensor:
-    """The fused step; Triton when the tensors are on CUDA (or `use_triton`), else the PyTorch formulas."""
-    triton = p.is_cuda if use_triton is None else use_triton
-    if not triton and not torch.is_grad_enabled():  # drafting: no graph, skip the autograd machinery
-        return reference.head_step(p, e, alpha, weight, bias, eps)
-    out: torch.Tensor = FusedHeadStep.apply(p, e, alpha, weight, bias, eps, triton)
+    """The fused step, by the implementation `kernels` (the recipe's switch: auto, torch, triton) picks."""
+    kernel = select(HEAD_STEP, kernels, p.device)
+    if not torch.is_grad_enabled():  # drafting: no graph, skip the autograd machinery
+        out: torch.Tensor = kernel[0](p, e, alpha, weight, bias, eps)
+    else:
+        out = FusedHeadStep.apply(p, e, alpha, weight, bias, eps, kernel)
     return out

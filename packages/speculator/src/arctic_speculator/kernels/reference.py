@@ -45,3 +45,15 @@ def head_step_backward(
     dn = du * weight.float()
     dz = r * (dn - n * (dn * n).mean(-1, keepdim=True))
     return dz, alpha * dz, (du * n).sum(0), du.sum(0)
+
+
+def head_step_forward(
+    p: torch.Tensor, e: torch.Tensor, alpha: float, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """The step's value without a graph (the autograd function's forward)."""
+    with torch.no_grad():
+        return head_step(p, e, alpha, weight, bias, eps)
+
+
+HEAD_STEP = (head_step_forward, head_step_backward)
+"""(forward, backward): the PyTorch reference of kernel `speculator.head_step`."""

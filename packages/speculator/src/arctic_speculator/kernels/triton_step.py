@@ -106,3 +106,7 @@ def head_step_backward(
         )
     dp, de, dw_rows, db_rows = grads
     return dp.view(p.shape), de.view(p.shape), dw_rows.sum(0), db_rows.sum(0)
+
+
+HEAD_STEP = (head_step_forward, head_step_backward)
+"""(forward, backward): the Triton version of kernel `speculator.head_step`."""
