@@ -41,11 +41,19 @@ def single_process(launcher_args: Sequence[str]) -> bool:
 
 
 def run_in_process(recipe: Recipe, local_rank: int | None = None) -> None:
-    """Build the recipe's trainer here and train (a rank of a launched job, or a one-rank run)."""
+    """Build the recipe's trainer here and train (a rank of a launched job, or a one-rank run).
+
+    Rank 0 holds the run folder's lock for the whole run (`arctic_core.engine.runlock`); outside
+    the training loop a stop signal unwinds the setup and is reported with its phase (`stops`).
+    """
+    from arctic_core.engine.runlock import RunLock
+    from arctic_core.stops import signals_raise
+
     trainer_class = recipe.trainer_class()
-    trainer = trainer_class(recipe.config, local_rank=local_rank)
-    trainer.recipe_notes = recipe.notes
-    trainer.train()
+    with signals_raise(), RunLock.for_rank(recipe.config.run_dir, int(os.environ.get("RANK", "0"))):
+        trainer = trainer_class(recipe.config, local_rank=local_rank)
+        trainer.recipe_notes = recipe.notes
+        trainer.train()
 
 
 def relaunch_command(
@@ -85,6 +93,9 @@ def train(
 
     # Refuse a recipe that cannot train before starting ranks (they check again, and log the warnings).
     preflight(loaded.config, trainer=loaded.trainer_class(), source=recipe, warn=lambda _: None)
+    from arctic_core.engine.runlock import check_free
+
+    check_free(loaded.config.run_dir)  # rank 0 takes the lock; refuse a busy folder before launching
     _thread_defaults(launcher_args)
     _quiet_single_node_warning(launcher_args)
     from deepspeed.launcher import runner
