@@ -11,6 +11,7 @@ another host is never taken: the message says how to remove it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -136,10 +137,8 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
             self.held = False
             if self.created:  # a run that stopped before writing anything leaves no empty folder
-                try:
+                with contextlib.suppress(OSError):
                     self.path.parent.rmdir()
-                except OSError:
-                    pass
 
     def __enter__(self) -> RunLock:
         self.acquire()
