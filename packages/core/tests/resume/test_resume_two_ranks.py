@@ -118,7 +118,7 @@ def test_two_nodes_on_one_machine_train_as_one_node_with_two_ranks(runs, referen
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
