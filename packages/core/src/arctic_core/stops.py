@@ -100,8 +100,8 @@ def signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def stop_line(exc: BaseException) -> tuple[str, int]:

@@ -43,8 +43,9 @@ def max_row_bytes(max_length: int) -> int:
 
 def _lines(
     handle: BinaryIO, bound: int, check: Path | None = None, number: int = 0
-) -> tuple[int, bytes | None]:
-    """Read one line: (its length in bytes, 0 at end of file; its bytes, or None when over `bound`).
+) -> tuple[int, bytes, bool]:
+    """Read one line: its length in bytes (0 at end of file), its first `bound` + 1 bytes, and
+    whether that is the whole line (False: the line is longer than `bound`).
 
     With `check` (the file's path), every byte read is checked to be UTF-8 text, chunk by chunk.
     """
