@@ -9,6 +9,7 @@ code: 2 for a bad recipe or bad usage, 1 for a failure while running.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import click
 
 from arctic_core import __version__, plugins
 from arctic_core.errors import ArcticError
+from arctic_core.stops import Stopped, stop_line
 
 RECIPE_HELP = "Recipe file (TOML or YAML)."
 SET_HELP = "Override a recipe key: --set optimizer.lr=3e-4 (repeatable; value read as TOML, else a string)."
@@ -377,10 +379,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            line, code = stop_line(exc.__cause__)
+            click.echo(line, err=True)
+            sys.exit(code)
         click.echo("Aborted.", err=True)
         sys.exit(1)
-    except ArcticError as exc:
-        click.echo(f"arctic: {getattr(exc, 'label', 'error')}: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    except (ArcticError, Stopped, KeyboardInterrupt) as exc:
+        line, code = stop_line(exc)
+        click.echo(line, err=True)
+        sys.exit(code)
+    except Exception as exc:  # a bug: its traceback, then the one line saying where the run was
+        traceback.print_exc()
+        click.echo(stop_line(exc)[0], err=True)
+        sys.exit(1)
     sys.exit(0)

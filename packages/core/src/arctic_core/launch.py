@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from arctic_core.errors import RecipeError
 from arctic_core.recipe import Recipe, load_recipe
 
 
@@ -41,11 +42,19 @@ def single_process(launcher_args: Sequence[str]) -> bool:
 
 
 def run_in_process(recipe: Recipe, local_rank: int | None = None) -> None:
-    """Build the recipe's trainer here and train (a rank of a launched job, or a one-rank run)."""
+    """Build the recipe's trainer here and train (a rank of a launched job, or a one-rank run).
+
+    Rank 0 holds the run folder's lock for the whole run (`arctic_core.engine.runlock`); outside
+    the training loop a stop signal unwinds the setup and is reported with its phase (`stops`).
+    """
+    from arctic_core.engine.runlock import RunLock
+    from arctic_core.stops import signals_raise
+
     trainer_class = recipe.trainer_class()
-    trainer = trainer_class(recipe.config, local_rank=local_rank)
-    trainer.recipe_notes = recipe.notes
-    trainer.train()
+    with signals_raise(), RunLock.for_rank(recipe.config.run_dir, int(os.environ.get("RANK", "0"))):
+        trainer = trainer_class(recipe.config, local_rank=local_rank)
+        trainer.recipe_notes = recipe.notes
+        trainer.train()
 
 
 def relaunch_command(
@@ -77,6 +86,7 @@ def _thread_defaults(launcher_args: Sequence[str]) -> None:
 def train(
     recipe: str, overrides: list[str], launcher_args: list[str], *, method: str | None, local_rank: int | None
 ) -> None:
+    _check_nodes(launcher_args)
     loaded = load_recipe(recipe, overrides, method=method)
     if single_process(launcher_args):
         run_in_process(loaded, local_rank)
@@ -85,12 +95,34 @@ def train(
 
     # Refuse a recipe that cannot train before starting ranks (they check again, and log the warnings).
     preflight(loaded.config, trainer=loaded.trainer_class(), source=recipe, warn=lambda _: None)
+    if _option(launcher_args, "node_rank") in (None, "0"):  # other nodes' rank 0 runs elsewhere
+        from arctic_core.engine.runlock import check_free
+
+        check_free(loaded.config.run_dir)  # rank 0 takes the lock; refuse a busy folder before launching
     _thread_defaults(launcher_args)
     _quiet_single_node_warning(launcher_args)
     from deepspeed.launcher import runner
 
     _forward_stop_signals()
     runner.main(relaunch_command(recipe, overrides, launcher_args, method))
+
+
+DEFAULT_HOSTFILE = "/job/hostfile"
+"""Where DeepSpeed's launcher looks for a hostfile when `--hostfile` is not given."""
+
+
+def _check_nodes(launcher_args: Sequence[str]) -> None:
+    """Several nodes need a hostfile (DeepSpeed's launcher learns the nodes and their slots from it)."""
+    nodes = _option(launcher_args, "num_nodes")
+    if nodes in (None, "1", "-1") or _option(launcher_args, "hostfile") or os.path.isfile(DEFAULT_HOSTFILE):
+        return
+    raise RecipeError(
+        f"--num_nodes {nodes} needs a hostfile: DeepSpeed's launcher reads the nodes from it. Write one "
+        "line per node, `<hostname> slots=<GPUs on it>`, and pass --hostfile FILE; without ssh between "
+        "the nodes, run the same command on each node with --no_ssh --node_rank <0..N-1> --master_addr "
+        "<node 0's address> (docs/training.md, 'Several nodes')",
+        path="--num_nodes",
+    )
 
 
 def _quiet_single_node_warning(launcher_args: list[str]) -> None:

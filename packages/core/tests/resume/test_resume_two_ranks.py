@@ -10,6 +10,7 @@ leaves, written by 2 ranks, is then refused by a 1-rank run (exit 2).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,67 @@ def test_resuming_on_another_number_of_ranks_is_refused(resumed):
     message = result.stderr
     assert "checkpoint[0].auto_resume" in message and "written by 2 rank(s)" in message and "has 1" in message
     assert "Traceback" not in message
+
+
+def test_two_nodes_on_one_machine_train_as_one_node_with_two_ranks(runs, reference, tmp_path):
+    """Issue 24 item 8: DeepSpeed's launcher once per node (`--no_ssh --node_rank`), a hostfile of two
+    nodes with one slot each: the per-step losses equal the one-node two-rank run's, bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    from arctic_core.engine.distributed import free_port
+
+    shutil.copy(runs["reference"] / "recipe.toml", tmp_path / "recipe.toml")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace(str(runs["reference"] / "run"), str(tmp_path / "run")))
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    port = str(free_port())
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ARCTIC_TEST_")},
+        "OMP_NUM_THREADS": "1",
+    }
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "arctic_core",
+                "train",
+                str(recipe),
+                "--num_nodes",
+                "2",
+                "--num_gpus",
+                "1",
+                "--no_ssh",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                "--hostfile",
+                str(hostfile),
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert metrics(tmp_path / "run") == reference
+
+
+def test_several_nodes_without_a_hostfile_exit_2_with_the_fix(runs, capsys):
+    from arctic_core.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(runs["killed"] / "recipe.toml"), "--num_nodes", "2", "--num_gpus", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "--num_nodes 2 needs a hostfile" in err and "--no_ssh --node_rank" in err

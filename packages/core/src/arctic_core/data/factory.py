@@ -29,6 +29,7 @@ from arctic_core.data import cache, collate, formats, packing, sources, summary
 from arctic_core.data.errors import DataError
 from arctic_core.data.masking import FIXED_DATE
 from arctic_core.data.samples import KEPT, PretokenizedBuilder, SampleBuilder
+from arctic_core.data.screen import max_row_bytes
 from arctic_core.errors import RecipeError
 
 TOKENIZATION_SETTINGS = (
@@ -189,7 +190,14 @@ class DataFactory:
     def process_source(self, source: SourceConfig, role: str, name: str, scratch: Path) -> tuple[Any, dict]:
         """Load, sample, tokenize and filter one source; returns its samples and its stats."""
         try:
-            table = sources.sample(sources.load_source(source, role, scratch), source)
+            loaded = sources.load_source(
+                source,
+                role,
+                scratch,
+                max_row_bytes=max_row_bytes(self.data.max_length),
+                strict=self.data.strict,
+            )
+            table = sources.sample(loaded, source)
         except DataError as exc:
             raise DataError(f"{name}: {exc}") from None
         if len(table) == 0:

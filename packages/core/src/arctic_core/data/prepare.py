@@ -27,7 +27,10 @@ def prepare(recipe: str, overrides: Sequence[str] = ()) -> str:
     factory_class = getattr(trainer_class, "data_factory_class", None) or DataFactory
     config = loaded.config
     factory = factory_class(config, load_tokenizer(config), run_dir=Path(config.run_dir))
-    factory.prepare()
+    from arctic_core.stops import signals_raise
+
+    with signals_raise():  # a stop while tokenizing is reported with its phase
+        factory.prepare()
     info = factory.summary()
     train = info["train"]
     state = "built" if factory.built_here else "already cached"

@@ -21,6 +21,7 @@ import attrs
 
 from arctic_core.config import SourceConfig
 from arctic_core.data.errors import DataError
+from arctic_core.data.screen import screen_file
 from arctic_core.errors import RecipeError
 
 LOADERS = ("huggingface", "jsonl", "json", "parquet", "csv", "disk")
@@ -116,8 +117,14 @@ def is_local(source: SourceConfig) -> bool:
     return Path(source.name_or_path).expanduser().exists()
 
 
-def load_source(source: SourceConfig, role: str, scratch: Path) -> Any:
-    """The rows of `source` as a `datasets.Dataset`; `scratch` holds datasets' own cache for local files."""
+def load_source(
+    source: SourceConfig, role: str, scratch: Path, *, max_row_bytes: int | None = None, strict: bool = False
+) -> Any:
+    """The rows of `source` as a `datasets.Dataset`; `scratch` holds datasets' own cache for local files.
+
+    A local text file is screened first (`arctic_core.data.screen`): not UTF-8 is an error naming
+    file and line; with `max_row_bytes`, longer JSON lines are dropped (an error when `strict`).
+    """
     import datasets
 
     loader, split = loader_of(source), split_of(source, role)
@@ -128,6 +135,16 @@ def load_source(source: SourceConfig, role: str, scratch: Path) -> Any:
     if loader in BUILDERS:
         args: tuple[Any, ...] = (BUILDERS[loader],)
         kwargs["data_files"] = path
+        if Path(path).is_file() and max_row_bytes is not None:
+            kwargs["data_files"] = str(
+                screen_file(
+                    Path(path),
+                    bound=max_row_bytes,
+                    scratch=scratch / "screened",
+                    strict=strict,
+                    plain_text=source.format == "text",
+                )
+            )
         if loader == "csv":
             kwargs.setdefault("keep_default_na", False)
         split = _file_split(split)

@@ -176,8 +176,10 @@ class CheckpointEngine:
         return None
 
     def save_to(self, target: Path) -> None:
+        from arctic_core.engine.integrity import disk_full_reported
+
         target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_folder(target) as temp:
+        with disk_full_reported(target), atomic_folder(target) as temp:  # ENOSPC: said, temp removed
             self.save(temp)
         self.trainer.log.info("saved %s checkpoint to %s", self.type, target)
 

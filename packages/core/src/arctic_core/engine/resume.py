@@ -8,10 +8,13 @@ A `deepspeed` checkpoint is a folder (`<output_dir>/global_step_<N>`, or `epoch_
     rng/rank_<R>.pt      each rank's python, numpy, torch (CPU) and CUDA RNG states
     loader/rank_<R>.json each rank's training loader state (epoch, position in it)
     arctic_recipe.yaml   the resolved recipe
+    manifest.json        every file above with its size and SHA-256 (`arctic_core.engine.integrity`)
     arctic_state.json    written last: step, epoch, steps done in the epoch, world size
 
 `arctic_state.json` is the completion marker, and the folder is written under a temporary
 name and renamed when complete (`atomic_folder`): a folder without the marker is never loaded.
+Resuming verifies the newest checkpoint against its manifest and falls back, with a warning,
+to the newest good one; checkpoint files load with `weights_only=True` (no code can run).
 
 Position in the data: the training loader saves its own state (`arctic_core.engine.loaders`:
 the epoch and what this rank consumed of it) and a resumed loader goes on from there, so the
@@ -42,7 +45,13 @@ import torch
 
 from arctic_core.config import CheckpointConfig, TrainerConfig
 from arctic_core.engine import distributed
-from arctic_core.engine.checkpoint import RECIPE_FILE, CheckpointEngine, register_checkpoint
+from arctic_core.engine.checkpoint import (
+    PERIODIC_PREFIXES,
+    RECIPE_FILE,
+    CheckpointEngine,
+    register_checkpoint,
+)
+from arctic_core.engine.integrity import newest_good, use_safe_loading, write_manifest
 from arctic_core.errors import ArcticError, RecipeError
 
 if TYPE_CHECKING:
@@ -96,13 +105,25 @@ def read_state(folder: Path) -> ResumePoint | None:
         return None
 
 
-def newest_checkpoint(output_dir: Path) -> ResumePoint | None:
-    """The complete checkpoint with the highest step in `output_dir` (temporary `.*` folders never count)."""
+def _order(folder: Path) -> tuple[int, int]:
+    """Sort key of a checkpoint folder, newest last: its marker's step, else the number in its name."""
+    point = read_state(folder)
+    if point is not None:
+        return point.global_step, point.steps_in_epoch
+    number = folder.name.rpartition("_")[2]
+    return (int(number) if number.isdigit() else -1), -1
+
+
+def newest_checkpoint(output_dir: Path, where: str = "checkpoint.auto_resume") -> ResumePoint | None:
+    """The newest good checkpoint in `output_dir` (`arctic_core.engine.integrity`: a damaged one is
+    passed over with a warning; `RecipeError` when none is good). Temporary `.*` folders never count."""
     if not output_dir.is_dir():
         return None
-    folders = [output_dir, *(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith("."))]
-    found = [point for point in map(read_state, folders) if point is not None]
-    return max(found, key=lambda p: (p.global_step, p.steps_in_epoch), default=None)
+    folders = [p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(PERIODIC_PREFIXES)]
+    if read_state(output_dir) is not None:
+        folders.append(output_dir)
+    folders.sort(key=_order, reverse=True)
+    return newest_good(folders, read_state, STATE_FILE, where)  # type: ignore[no-any-return]
 
 
 def output_dir_of(config: TrainerConfig, entry: CheckpointConfig) -> Path:
@@ -117,7 +138,8 @@ def find_resume_point(config: TrainerConfig, world_size: int) -> ResumePoint | N
     index = next((i for i, entry in enumerate(config.checkpoint) if entry.auto_resume), None)
     if index is None:
         return None
-    found = [newest_checkpoint(output_dir_of(config, config.checkpoint[index]))]
+    where = f"checkpoint[{index}].auto_resume"
+    found = [newest_checkpoint(output_dir_of(config, config.checkpoint[index]), where)]
     if torch.distributed.is_initialized() and distributed.world_size() > 1:
         torch.distributed.broadcast_object_list(found, src=0)
     point = found[0]
@@ -221,6 +243,7 @@ def load_rng_state(path: Path) -> dict[str, Any]:
 
 def restore(trainer: Trainer, point: ResumePoint) -> None:
     """Load the engine, optimizer, scheduler and this rank's RNG states; set the step and data position."""
+    use_safe_loading(trainer.engine)  # a pickle planted in the folder cannot run code
     path, _ = trainer.engine.load_checkpoint(
         str(point.folder), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
     )
@@ -301,4 +324,5 @@ class DeepSpeedCheckpoint(CheckpointEngine):
             "world_size": trainer.world_size,
             "zero_stage": trainer.zero_stage,
         }
+        write_manifest(folder, STATE_FILE)  # names, sizes, SHA-256: checked before a resume
         (folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")

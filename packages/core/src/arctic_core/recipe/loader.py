@@ -33,6 +33,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: merged keys may be overridden, the explicit ones are checked
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -46,17 +48,94 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe file larger than this (1 MiB) is refused: recipes are a few kB, chat templates included."""
+MAX_RECIPE_NODES = 100_000
+"""The most values a YAML recipe may expand to once its aliases (`*name`, `<<: *name`) are followed."""
+
+
+def _expanded_sizes(root: yaml.Node) -> dict[int, int]:
+    """How many values each node of a composed YAML document stands for, aliases followed.
+
+    An alias is the anchored node object itself in PyYAML's node graph, so a shared node is
+    counted once per use but computed once (memoised): linear in the file, never in the expansion.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done or not children:
+            sizes[id(node)] = 1 + sum(sizes.get(id(child), 0) for child in children)
+            continue
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _blow_up_path(root: yaml.Node, sizes: dict[int, int]) -> str:
+    """The key path down to the mapping entry whose value alone expands past the bound."""
+    path, node = [], root
+    while isinstance(node, yaml.MappingNode):
+        over = [(k, v) for k, v in node.value if sizes[id(v)] > MAX_RECIPE_NODES]
+        if not over:
+            break
+        key, node = over[0]
+        path.append(str(key.value) if isinstance(key, yaml.ScalarNode) else "?")
+    return ".".join(path) or "(recipe)"
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML with unique keys, refusing a document whose aliases expand past `MAX_RECIPE_NODES`."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        sizes = _expanded_sizes(root)
+        if sizes[id(root)] > MAX_RECIPE_NODES:
+            raise RecipeError(
+                f"expands to {sizes[id(root)]:,} values through YAML aliases/merges (the limit is "
+                f"{MAX_RECIPE_NODES:,}): a recipe never needs that many; is it an alias bomb?",
+                path=_blow_up_path(root, sizes),
+            )
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The recipe file as a plain dict (TOML by suffix .toml, YAML otherwise)."""
+    """The recipe file as a plain dict (TOML by suffix .toml, YAML otherwise).
+
+    Bounded: a file over `MAX_RECIPE_BYTES`, or YAML whose aliases expand past
+    `MAX_RECIPE_NODES` values, is refused (exit 2) before it is built.
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError("recipe file not found", source=str(path))
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            f"the file is {size:,} bytes; a recipe may be at most {MAX_RECIPE_BYTES:,}", source=str(path)
+        )
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)
+            data = _load_yaml(text)
+    except RecipeError as exc:
+        raise exc.with_source(str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", source=str(path)) from None
     except yaml.YAMLError as exc:
