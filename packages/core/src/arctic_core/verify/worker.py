@@ -131,6 +131,16 @@ class VerifyMixin(Trainer):
                 "packing applies to input_ids/labels samples"
             )
 
+    def setup_resume(self) -> None:
+        """A rerun (`steps_per_epoch` variants size their micro-batches only once the data is read)
+        starts from the micro-batch size its checkpoint's run chose, so that the resume check
+        compares recipes alike; every other key is still compared as for any run."""
+        if self.variant.steps_per_epoch and self.variant.checkpoint_every:
+            saved = _checkpoint_micro_batch_size(self.config)
+            if saved:
+                self.config = attrs.evolve(self.config, micro_batch_size=saved)
+        super().setup_resume()
+
     def setup_loaders(self) -> None:
         if self.variant.whole_batch or self.variant.steps_per_epoch:
             self.size_micro_batches()
@@ -221,6 +231,22 @@ class VerifyMixin(Trainer):
             sys.stdout.flush()
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _checkpoint_micro_batch_size(config: Any) -> int | None:
+    """The micro-batch size in the recipe of the newest checkpoint this run would resume (None: none)."""
+    import yaml
+
+    from arctic_core.engine.checkpoint import RECIPE_FILE
+    from arctic_core.engine.resume import newest_checkpoint, output_dir_of
+
+    entry = next((c for c in config.checkpoint if c.auto_resume), None)
+    point = newest_checkpoint(output_dir_of(config, entry)) if entry is not None else None
+    if point is None or not (point.folder / RECIPE_FILE).is_file():
+        return None
+    saved = yaml.safe_load((point.folder / RECIPE_FILE).read_text(encoding="utf-8")) or {}
+    value = saved.get("micro_batch_size")
+    return value if isinstance(value, int) else None
 
 
 class NotPacked(CannotRun):
