@@ -141,3 +141,136 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_measured_cost(capsys, 
     monkeypatch.setattr(checks, "cpu_has_native_bf16", lambda: True)
     code, output, _ = check(capsys, "model.dtype=bf16")
     assert code == 0 and "warning" not in output
+
+
+# --- the recipe against a local model's config.json (no weights) ---------------------------------
+
+SHAPE_RECIPE = """
+type = "{type}"
+[model]
+name_or_path = "{model}"
+{model_keys}
+[data]
+sources = ["org/data"]
+max_length = {max_length}
+"""
+
+
+def shape_recipe(tmp_path: Path, type: str, model_keys: str = "", max_length: int = 64) -> str:
+    """A recipe on a model folder holding only a config.json: a Llama of 4 layers, 9 attention heads,
+    3 key/value heads, hidden size 72, 128 positions."""
+    import json
+
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    shape = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "num_hidden_layers": 4,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "hidden_size": 72,
+        "intermediate_size": 144,
+        "max_position_embeddings": 128,
+        "vocab_size": 300,
+    }
+    (model / "config.json").write_text(json.dumps(shape))
+    path = tmp_path / f"{type}.toml"
+    text = SHAPE_RECIPE.format(type=type, model=model, model_keys=model_keys, max_length=max_length)
+    path.write_text(text)
+    return str(path)
+
+
+SHAPES = [
+    # (type, [model] keys, --set overrides, key path named, words in the message)
+    (
+        "sft",
+        "",
+        ["sequence_parallel_size=2"],
+        "sequence_parallel_size",
+        "does not divide the model's 9 attention heads",
+    ),
+    (
+        "sft",
+        "",
+        [
+            "sequence_parallel_size=3",
+            "model.hf_config_kwargs={num_attention_heads=12, num_key_value_heads=2}",
+        ],
+        "sequence_parallel_size",
+        "2 key/value heads must be a multiple or a divisor",
+    ),
+    (
+        "swiftkv",
+        "num_key_value_layers = 4",
+        [],
+        "model.num_key_value_layers",
+        "is 4, but the model has 4 layers",
+    ),
+    (
+        "swiftkv",
+        "num_key_value_layers = 1\nkey_value_group_size = 2",
+        [],
+        "model.key_value_group_size",
+        "does not divide the 3 layers after",
+    ),
+    ("speculator", "emb_dim = 64", [], "model.emb_dim", "the base model's hidden size is 72"),
+]
+
+
+@pytest.mark.parametrize(
+    ("type", "keys", "overrides", "path", "words"), SHAPES, ids=[s[3] + "-" + s[0] for s in SHAPES]
+)
+def test_shape_errors_are_found_in_the_local_config_json(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    type: str,
+    keys: str,
+    overrides: list[str],
+    path: str,
+    words: str,
+) -> None:
+    args = ["config", "check", shape_recipe(tmp_path, type, keys)]
+    for override in overrides:
+        args += ["--set", override]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    out = capsys.readouterr()
+    assert exit_.value.code == 2, out.out + out.err
+    assert f"{path}: " in out.err and words in out.err, out.err
+    assert "config.json" in out.err  # says where the model's numbers come from
+
+
+def test_a_good_shape_passes_and_a_long_max_length_warns(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            ["config", "check", shape_recipe(tmp_path, "swiftkv", "num_key_value_layers = 2", max_length=256)]
+        )
+    out = capsys.readouterr()
+    assert exit_.value.code in (0, None), out.err
+    assert "data.max_length is 256, more than the model's max_position_embeddings 128" in out.err
+
+
+def test_problems_found_without_torch_are_answered_without_importing_it(tmp_path: Path) -> None:
+    """A missing local model and a heads/sequence-parallel mismatch: exit 2, and torch never imported."""
+    import subprocess
+    import sys
+
+    good = shape_recipe(tmp_path, "sft")
+    code = (
+        "import sys\n"
+        "from arctic_core.cli import main\n"
+        "for args in (sys.argv[1:3] + ['--set', 'sequence_parallel_size=2'], sys.argv[1:3] + "
+        "['--set', 'model.name_or_path=./missing-model']):\n"
+        "    try:\n        main(['config', 'check', *args[1:]])\n"
+        "    except SystemExit as e:\n        assert e.code == 2, e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "check", good], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sequence_parallel_size: is 2" in result.stderr and "missing-model does not exist" in result.stderr

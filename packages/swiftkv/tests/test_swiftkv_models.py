@@ -157,3 +157,36 @@ def test_config_registered_with_auto_config(tmp_path):
         and config.num_key_value_layers == 2
         and config.key_value_group_size == 1
     )
+
+
+def test_import_arctic_swiftkv_is_enough_to_load_an_export_and_arctic_reads_it_without_torch(tmp_path):
+    """A fresh interpreter: core reads the plugin and the recipe config without the package root (no
+    torch); then `import arctic_swiftkv`, as a user does, and `AutoModelForCausalLM` loads the export."""
+    import subprocess
+    import sys
+
+    _, model = swiftkv_pair("llama", group=2)
+    model.save_pretrained(tmp_path / "export")
+    ids, _ = left_padded_prompts([6])
+    with torch.no_grad():
+        torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "expected.pt")
+    code = f"""
+import sys
+from arctic_core import plugins
+found = plugins.get("swiftkv")
+config_class = found.method.config_class()
+assert "torch" not in sys.modules and "arctic_swiftkv" not in sys.modules, "core ran the package root"
+
+import arctic_swiftkv
+import torch
+from transformers import AutoModelForCausalLM
+from arctic_swiftkv.config import SwiftKVConfig
+assert SwiftKVConfig is config_class  # one class, whichever way it was imported
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "export")!r})
+assert type(model) is arctic_swiftkv.LlamaSwiftKVForCausalLM, type(model)
+expected = torch.load({str(tmp_path / "expected.pt")!r})
+with torch.no_grad():
+    assert torch.equal(model(expected["ids"]).logits, expected["logits"])
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from arctic_core.errors import RecipeError
 from arctic_core.features import FeatureHooks
+
+if TYPE_CHECKING:  # this module is imported when a recipe switches alst on: it stays light
+    import torch
 
 
 class ALSTHooks(FeatureHooks):
@@ -27,7 +29,7 @@ class ALSTHooks(FeatureHooks):
         return int(self.config.sequence_parallel_size)  # type: ignore[attr-defined]
 
     def check(self) -> None:
-        from arctic_alst.ulysses import SUPPORTED
+        from arctic_alst.config import SUPPORTED
 
         config: Any = self.config
         if self.sp > 1:
@@ -46,6 +48,18 @@ class ALSTHooks(FeatureHooks):
                 "needs activation checkpointing, which model.disable_activation_checkpoint turns off",
                 path="activation_checkpoint_cpu_offload",
             )
+
+    def check_model_shape(self, shape: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+        """The local model's heads against `sequence_parallel_size` (`ulysses.check_heads` at load)."""
+        from arctic_alst.config import heads_problem
+
+        heads = shape.get("num_attention_heads")
+        if self.sp == 1 or not isinstance(heads, int) or heads < 1:
+            return
+        kv = shape.get("num_key_value_heads")
+        problem = heads_problem(heads, kv if isinstance(kv, int) and kv > 0 else heads, self.sp)
+        if problem:
+            yield "sequence_parallel_size", f"{problem} ({shape['_path']})"
 
     def parallel_sizes(self) -> dict[str, int]:
         return {"sequence_parallel_size": self.sp} if self.sp > 1 else {}

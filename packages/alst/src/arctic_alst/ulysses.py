@@ -43,9 +43,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from arctic_alst.config import SUPPORTED  # in the light config module: the recipe check uses it
 from arctic_core.errors import ArcticError, RecipeError
 
-SUPPORTED = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 NAME = "arctic_ulysses"
 """The attention implementation Arctic registers with transformers and selects on the trained model."""
 
@@ -93,19 +93,13 @@ class _HeadsToSeq(torch.autograd.Function):
 
 def check_heads(config: Any, size: int) -> None:
     """Attention heads divisible by the sequence-parallel size; KV heads divisible by it or dividing it."""
+    from arctic_alst.config import heads_problem
+
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = text.num_attention_heads
-    kv = getattr(text, "num_key_value_heads", None) or heads
-    if heads % size:
-        raise RecipeError(
-            f"is {size}, which does not divide the model's {heads} attention heads",
-            path="sequence_parallel_size",
-        )
-    if kv % size and size % kv:
-        raise RecipeError(
-            f"is {size}; the model's {kv} key/value heads must be a multiple or a divisor of it",
-            path="sequence_parallel_size",
-        )
+    problem = heads_problem(heads, getattr(text, "num_key_value_heads", None) or heads, size)
+    if problem:
+        raise RecipeError(problem, path="sequence_parallel_size")
 
 
 def segments(positions: torch.Tensor) -> list[list[tuple[int, int]]]:

@@ -159,7 +159,7 @@ class MethodGroup(click.Group):
         self._loaded = True
         assert self.found.method is not None
         if self.found.method.commands:
-            group = plugins.load_reference(self.found.method.commands)
+            group = plugins.load_reference(self.found.method.commands, light=True)
             for name, command in group.commands.items():
                 self.add_command(command, name)
 
@@ -256,15 +256,16 @@ def config_check(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check RECIPE as a run would before building anything: exit 0 if good, 2 naming each bad key.
 
     Besides the keys and values: precision against this machine's hardware, PEFT settings,
-    the [deepspeed] table, checkpoint and source types, and that local input paths exist.
-    Reads no weights and no data rows.
+    the [deepspeed] table, checkpoint and source types, that local input paths exist, and the
+    recipe against a local model's config.json (heads, layers, widths, positions). Reads no
+    weights and no data rows.
     """
     from arctic_core.recipe import load_recipe
     from arctic_core.recipe.checks import preflight
 
     loaded = load_recipe(recipe, overrides)
     warnings: list[str] = list(loaded.notes)
-    preflight(loaded.config, trainer=loaded.trainer_class(), source=recipe, warn=warnings.append)
+    preflight(loaded.config, load_trainer=loaded.trainer_class, source=recipe, warn=warnings.append)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{recipe}: ok (type {loaded.config.type!r})")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -423,6 +423,15 @@ class TrainerConfig:
                 "eval_interval",
                 "needs evaluation data: set data.eval_sources or a held-out data.train_eval_split",
             )
+
+    def check_model_shape(self, shape: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+        """The method's checks of the recipe against its local model's `config.json` (a dict, with
+        `model.hf_config_kwargs` applied and its path in `_path`): yield (key path, message).
+
+        Run by `arctic config check` and before every run builds anything; no weights, no torch
+        (`arctic_core.recipe.shapes`). Default: none.
+        """
+        return iter(())
 
     @property
     def run_dir(self) -> str:

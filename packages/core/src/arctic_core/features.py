@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import typing
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -70,7 +71,7 @@ class Feature:
     core_version: str = ""  # PEP 440 specifier for arctic-core, e.g. ">=0.1,<0.2"
 
     def config_class(self) -> type:
-        return plugins.load_reference(self.config)
+        return plugins.load_reference(self.config, light=True)
 
     def hooks_class(self) -> type[FeatureHooks]:
         return plugins.load_reference(self.hooks)
@@ -297,6 +298,10 @@ class FeatureHooks:
     def check(self) -> None:
         """Cross-key checks at recipe load (`arctic config check`): raise RecipeError(path=key)."""
 
+    def check_model_shape(self, shape: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+        """The feature's keys against the local model's `config.json` (`TrainerConfig.check_model_shape`)."""
+        return iter(())
+
     def parallel_sizes(self) -> dict[str, int]:
         """Parallel group sizes the feature needs, e.g. {"sequence_parallel_size": 2}."""
         return {}
@@ -339,6 +344,10 @@ class FeatureSet:
         for hooks in self.hooks:
             hooks.check()
         self.parallel_sizes()
+
+    def check_model_shape(self, shape: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+        for hooks in self.hooks:
+            yield from hooks.check_model_shape(shape)
 
     def parallel_sizes(self) -> dict[str, int]:
         """Every feature's parallel sizes, merged; two features wanting different sizes is an error."""

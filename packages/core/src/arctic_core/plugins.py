@@ -57,7 +57,7 @@ class Method:
     core_version: str = ""  # PEP 440 specifier for arctic-core, e.g. ">=0.1,<0.2"
 
     def config_class(self) -> type:
-        return load_reference(self.config)
+        return load_reference(self.config, light=True)
 
     def trainer_class(self) -> type:
         return load_reference(self.trainer)
@@ -78,11 +78,49 @@ class InstalledMethod:
         return self.method is None
 
 
-def load_reference(reference: str) -> Any:
-    """Import `"package.module:attribute"`."""
+def load_reference(reference: str, *, light: bool = False) -> Any:
+    """Import `"package.module:attribute"`; `light`: without running the package's `__init__`
+    when it is not imported yet (`import_light`)."""
     module_name, _, attribute = reference.partition(":")
-    module = importlib.import_module(module_name)
+    module = import_light(module_name) if light else importlib.import_module(module_name)
     return getattr(module, attribute) if attribute else module
+
+
+def import_light(module_name: str) -> Any:
+    """Import `package.module` without running `package/__init__.py` if that is not imported yet.
+
+    Core reads a plugin's light modules this way (the entry point's plugin module, the recipe
+    config class, the command group), so a method package's root may do what every transformers
+    add-on does on import (register its models with the Auto classes, importing torch) while
+    `arctic --help`, `arctic plugins` and `arctic config check` stay light. The module is
+    executed once, under its own name: a later `import package` runs the package's `__init__`,
+    and `import package.module` finds this module. Falls back to a plain import for anything
+    else (a top-level module, a package as the module, a parent already imported, no source file).
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    parent, _, child = module_name.rpartition(".")
+    if not parent or "." in parent or parent in sys.modules:
+        return importlib.import_module(module_name)
+    package = importlib.util.find_spec(parent)  # finds the package, runs nothing
+    locations = list(package.submodule_search_locations or []) if package else []
+    files = [Path(location) / f"{child}.py" for location in locations]
+    found = next((f for f in files if f.is_file()), None)
+    spec = importlib.util.spec_from_file_location(module_name, found) if found else None
+    if spec is None or spec.loader is None:
+        return importlib.import_module(module_name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
 
 
 def check_core_version(wanted: str, package: str) -> str | None:
@@ -105,7 +143,7 @@ def load_entry(entry: metadata.EntryPoint, kind: type[Any], package: str) -> tup
     by another name or wants another arctic-core comes back with the reason.
     """
     try:
-        found: Any = entry.load()
+        found: Any = load_reference(entry.value, light=True)  # not the package root (`import_light`)
     except Exception as exc:  # a broken plugin must not break the CLI
         return None, f"{type(exc).__name__}: {exc}"
     if not isinstance(found, kind):

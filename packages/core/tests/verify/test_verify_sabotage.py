@@ -78,11 +78,17 @@ def test_sabotaged_trainer_fails_packing_accumulation_ranks_and_resume(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("method", "recipe", "packing"),
-    [("sft", "quickstart", "PASS"), ("dpo", "dpo-tiny", "SKIP")],  # DPO never packs its pairs
+    ("method", "recipe", "packing", "overrides"),
+    [
+        # packed densely: 16 samples give fewer rows than the resume runs' 8 samples a step (issue 25)
+        ("sft", "quickstart", "PASS", ("--set", "data.pack_samples=true", "--set", "data.max_length=128")),
+        ("dpo", "dpo-tiny", "SKIP", ()),  # DPO never packs its pairs
+    ],
 )
-def test_bundled_recipes_pass_every_check(tmp_path: Path, method: str, recipe: str, packing: str) -> None:
-    result = verify(method, "verify", recipe, "--shrink", cwd=tmp_path)
+def test_bundled_recipes_pass_every_check(
+    tmp_path: Path, method: str, recipe: str, packing: str, overrides: tuple[str, ...]
+) -> None:
+    result = verify(method, "verify", recipe, "--shrink", *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all checks passed" in result.stdout
     report = json.loads((tmp_path / "runs" / recipe / "verify.json").read_text())
@@ -95,3 +101,6 @@ def test_bundled_recipes_pass_every_check(tmp_path: Path, method: str, recipe: s
         "precision": "REPORT",
     }
     assert report["passed"] is True and report["shrink"] is True
+    if overrides:  # the resume runs took their micro-batches from the packed rows
+        resume = next(row for row in report["checks"] if row["check"] == "resume")
+        assert "rows packed from" in resume["compared"], resume

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
 from arctic_core.cli import main
 from arctic_core.recipe import load_recipe
-from arctic_core.verify.base import Row, Variant, VariantResult, VerifyContext, compare_step, diff
+from arctic_core.verify.base import (
+    CannotRun,
+    Check,
+    Row,
+    Variant,
+    VariantResult,
+    VerifyContext,
+    compare_step,
+    diff,
+    micro_batch_size_for,
+)
 from arctic_core.verify.checks import PackingCheck, ResumeCheck, core_checks, kill_step
 from arctic_core.verify.report import format_table, write_json
-from arctic_core.verify.runner import Report, lanes, plan_checks
+from arctic_core.verify.runner import Report, compare_results, lanes, plan_checks
 from arctic_core.verify.shrink import shrink_kwargs
 
 pytest_plugins = ["arctic_core.testing.fixtures"]
@@ -173,3 +185,65 @@ def test_a_bad_recipe_or_check_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert "micro_batch_size" in capsys.readouterr().err
     assert _exit_code(["sft", "verify", "quickstart", "--checks", "packing,nope"]) == 2
     assert "unknown check(s) nope; available: packing, accumulation" in capsys.readouterr().err
+
+
+def test_micro_batches_are_sized_from_the_rows_the_data_gives_or_the_variant_cannot_run() -> None:
+    resume = ResumeCheck().variants(_quickstart_ctx(steps=5))[0]
+    assert resume.steps_per_epoch == 2 and resume.accumulation == 2 and not resume.whole_batch
+    assert not any(s.startswith("micro_batch_size") for s in resume.set)  # not from the sample count
+    assert micro_batch_size_for(resume, rows=16, dp_size=1) == 4
+    assert micro_batch_size_for(resume, rows=7, dp_size=1, samples=16) == 1  # 16 samples packed into 7 rows
+    with pytest.raises(
+        CannotRun, match=r"3 training row\(s\) \(16 samples packed\); resume-straight needs at least 4"
+    ):
+        micro_batch_size_for(resume, rows=3, dp_size=1, samples=16)
+    ranks = Variant(name="ranks", ranks=2, accumulation=1)
+    assert micro_batch_size_for(ranks, rows=16, dp_size=2) == 8
+    with pytest.raises(CannotRun, match="cannot be split into 4 equal micro-batches"):
+        micro_batch_size_for(attrs.evolve(ranks, accumulation=2), rows=14, dp_size=2)
+    with pytest.raises(CannotRun, match="needs at least 2"):
+        micro_batch_size_for(ranks, rows=1, dp_size=2)
+
+
+def _quickstart_ctx(steps: int = 5) -> VerifyContext:
+    recipe = load_recipe(SFT_RECIPES / "quickstart.toml")
+    return VerifyContext(config=recipe.config, trainer_class=recipe.trainer_class(), samples=16, steps=steps)
+
+
+@pytest.mark.parametrize("name", ["packing", "accumulation", "ranks", "resume", "precision"])
+def test_each_core_check_is_skipped_with_the_reason_when_a_variant_cannot_run(name: str) -> None:
+    """A worker that raises CannotRun reports `skipped`: every check using that variant is SKIP, not FAIL."""
+    check = next(c for c in core_checks() if c.name == name)
+    _, planned = plan_checks([check], _quickstart_ctx())
+    variants = planned[0][1]
+    for index, variant in enumerate(variants):
+        results = {v.name: VariantResult(name=v.name, losses=[1.0]) for v in variants}
+        results[variant.name] = VariantResult(name=variant.name, skipped="the data gives 3 training row(s)")
+        row = compare_results(check, results)
+        assert row.status == "SKIP" and row.note == f"{variant.name}: the data gives 3 training row(s)", (
+            index,
+            row,
+        )
+    broken = {v.name: VariantResult(name=v.name, error="RuntimeError: boom") for v in variants}
+    assert compare_results(check, broken).status == "FAIL"  # an error is never a SKIP
+
+
+def test_a_check_that_cannot_plan_or_compare_is_skipped_and_resume_needs_two_steps() -> None:
+    class Unplannable(Check):
+        name = "unplannable"
+
+        def variants(self, ctx: VerifyContext) -> list[Variant]:
+            raise CannotRun("needs a model with 2 layers")
+
+    class Incomparable(Check):
+        name = "incomparable"
+
+        def compare(self, results: Mapping[str, VariantResult]) -> Row:
+            raise CannotRun("the runs gave nothing to compare")
+
+    rows, planned = plan_checks([Unplannable(), ResumeCheck()], _quickstart_ctx(steps=1))
+    assert not planned
+    assert rows["unplannable"].status == "SKIP" and rows["unplannable"].note == "needs a model with 2 layers"
+    assert rows["resume"].status == "SKIP" and rows["resume"].note == "needs --steps 2 or more"
+    row = compare_results(Incomparable(), {})
+    assert row.status == "SKIP" and row.note == "the runs gave nothing to compare"

@@ -12,6 +12,7 @@ speculator generate`) and `[evaluate]` the acceptance and speculative-decoding e
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -195,6 +196,33 @@ class SpeculatorConfig(TrainerConfig):
     )
     generate: GenerateConfig = setting(factory=GenerateConfig, doc="[generate] table.")
     evaluate: EvaluateConfig = setting(factory=EvaluateConfig, doc="[evaluate] table.")
+
+    def check_model_shape(self, shape: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+        """The speculator's widths against its base model (`check_base_shape`)."""
+        return check_base_shape(self.model, shape)
+
+
+def check_base_shape(
+    model: SpeculatorModelConfig, shape: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
+    """The speculator's widths against the base model's hidden size (from its local config.json)."""
+    from arctic_speculator.modeling import check_lstm_shape, parse_dims
+
+    hidden = shape.get("hidden_size")
+    if not isinstance(hidden, int):
+        return
+    where = f"the base model's hidden size is {hidden} ({shape['_path']})"
+    if model.method == "mlp":
+        if int(model.emb_dim) not in (0, hidden):
+            yield "model.emb_dim", f"is {model.emb_dim}, but {where}; 0 takes it"
+        return
+    inner = parse_dims(model.inner_dim, hidden)
+    proj = parse_dims(model.proj_dim, inner[0])
+    emb = parse_dims(model.emb_dim, proj[-1])
+    try:
+        check_lstm_shape(model.method, inner, proj, emb, model.tie_weights, model.n_predict)
+    except ValueError as exc:
+        yield "model.inner_dim", f"{exc} (inner_dim 0 takes the base's hidden size: {where})"
 
 
 @attrs.frozen(kw_only=True)

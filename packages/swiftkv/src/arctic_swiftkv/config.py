@@ -3,10 +3,14 @@
 `[model]` gains `num_key_value_layers` (L_kv) and `key_value_group_size` (G), as in ArcticTraining's
 `SwiftKVModelConfig`; the distillation keys `logits_loss_temp`, `hidden_loss_mult` and
 `hidden_loss_layer` stay top-level, as in its `SwiftKVTrainerConfig`. `(L - L_kv) % G == 0` needs the
-model's layer count, so it is checked when the model config is read (before any weight loads).
+model's layer count: `check_model_shape` checks it against a local model's config.json in `arctic
+config check`, and the trainer again when it reads the model config (before any weight loads).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import attrs
 
@@ -48,3 +52,23 @@ class SwiftKVConfig(TrainerConfig):
         doc="Tokens per chunk of the output layer in the KL (bounds the logits' memory).",
         check=at_least(1),
     )
+
+    def check_model_shape(self, shape: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+        """L_kv below the model's layer count L (the student must skip at least one layer's KV), and
+        the L - L_kv layers after it in whole groups of G."""
+        layers = shape.get("num_hidden_layers")
+        if not isinstance(layers, int):
+            return
+        kv, group, where = self.model.num_key_value_layers, self.model.key_value_group_size, shape["_path"]
+        if kv >= layers:
+            yield (
+                "model.num_key_value_layers",
+                f"is {kv}, but the model has {layers} layers ({where}): SwiftKV needs fewer, so that "
+                "the layers after L_kv take their KV from layer L_kv's input (else there is nothing to distil)",
+            )
+        elif (layers - kv) % group:
+            yield (
+                "model.key_value_group_size",
+                f"is {group}, which does not divide the {layers - kv} layers after num_key_value_layers "
+                f"= {kv} (the model has {layers}; {where})",
+            )

@@ -19,8 +19,15 @@ The checks:
 - checkpoint types and data source types are known to the installed packages.
 - local input paths exist: model, tokenizer, data sources, generation-eval file. A value that
   reads as a hub id (`org/name`) is not checked (that needs the network).
+- the recipe against the local model's `config.json` (`arctic_core.recipe.shapes`: heads and
+  `sequence_parallel_size`, swiftkv's layers, the speculator's widths, `data.max_length`).
 - the method's own checks (`Trainer.check_config`), and the features' (`FeatureHooks.check`,
   already run when the recipe loads).
+
+None of them imports torch on a machine without a GPU driver (unless the recipe asks for PEFT
+or bf16 on a CPU, whose checks need it), and the method's trainer class (which imports torch) is
+imported for its `check_config` only once every other check has passed: a recipe whose problems
+are found without torch is answered in well under two seconds.
 """
 
 from __future__ import annotations
@@ -62,8 +69,18 @@ def looks_local(value: str) -> bool:
 # --- precision ------------------------------------------------------------------------------------
 
 
+def no_gpu_driver() -> bool:
+    """True when this Linux machine certainly has no GPU torch could use: no NVIDIA driver, no ROCm
+    or WSL GPU device. Answers a CPU machine's precision check without importing torch."""
+    if platform.system() != "Linux":
+        return False
+    dev = Path("/dev")
+    nvidia = Path("/proc/driver/nvidia").exists() or any(dev.glob("nvidia[0-9]*"))
+    return not (nvidia or (dev / "kfd").exists() or (dev / "dxg").exists())
+
+
 def has_cuda() -> bool:
-    if os.environ.get("DS_ACCELERATOR", "").lower() == "cpu":
+    if os.environ.get("DS_ACCELERATOR", "").lower() == "cpu" or no_gpu_driver():
         return False
     import torch
 
@@ -187,7 +204,15 @@ def check_deepspeed(config: TrainerConfig, world_size: int | None) -> Iterator[P
         yield _problem(exc)
 
 
+CORE_CHECKPOINT_TYPES = ("huggingface", "deepspeed")
+"""Core's checkpoint types: known without importing their engines (which import torch)."""
+
+
 def check_checkpoints(config: TrainerConfig) -> Iterator[Problem]:
+    """Each `[[checkpoint]]` type is registered; a method's types are registered by its modules, so
+    this runs once the trainer class is imported."""
+    if all(entry.type in CORE_CHECKPOINT_TYPES for entry in config.checkpoint):
+        return
     from arctic_core.engine.checkpoint import checkpoint_engine_class
 
     for i, entry in enumerate(config.checkpoint):
@@ -258,6 +283,7 @@ def preflight(
     config: TrainerConfig,
     *,
     trainer: type | None = None,
+    load_trainer: Callable[[], type] | None = None,
     world_size: int | None = None,
     source: str | None = None,
     warn: Callable[[str], None] = print,
@@ -265,13 +291,21 @@ def preflight(
     """Run every check; raise one RecipeError listing all problems; `warn` gets the warnings.
 
     `world_size` is the run's number of ranks (None in `config check`, where the launcher
-    has not chosen it yet); `trainer` is the method's trainer class (its `check_config` runs).
+    has not chosen it yet); `trainer` is the method's trainer class (its `check_config` runs),
+    or `load_trainer` imports it, once every other check has passed (it imports torch).
     """
+    from arctic_core.recipe.shapes import check_model_shape
+
     problems: list[Problem] = []
     problems.extend(check_precision(config, warn))
-    for check in (check_kernels, check_peft, check_checkpoints, check_inputs, check_unread_keys):
+    for check in (check_kernels, check_peft, check_inputs, check_unread_keys):
         problems.extend(check(config))
     problems.extend(check_deepspeed(config, world_size))
+    problems.extend(check_model_shape(config, warn))
+    custom_checkpoints = any(entry.type not in CORE_CHECKPOINT_TYPES for entry in config.checkpoint)
+    if trainer is None and load_trainer is not None and (custom_checkpoints or not problems):
+        trainer = load_trainer()  # registers the method's checkpoint types
+    problems.extend(check_checkpoints(config))
     hook: Any = getattr(trainer, "check_config", None)
     if hook is not None:
         problems.extend(hook(config))

@@ -28,8 +28,10 @@ class Variant:
     """One short run of the recipe, described so that a worker process can run it.
 
     `whole_batch`: the step holds the whole verify sample set (after packing), split over the
-    data-parallel ranks and `accumulation` micro-batches; otherwise the recipe's own batch
-    settings (or `set`'s) are kept and `steps` optimizer steps run on the sample set, repeated.
+    data-parallel ranks and `accumulation` micro-batches. `steps_per_epoch`: the micro-batch size is
+    chosen from the rows the data gives (packed or not) so that an epoch is exactly that many
+    steps of `accumulation` micro-batches (rows beyond are dropped); `steps` steps run, the sample
+    set repeated. With neither, the recipe's own batch settings (or `set`'s) are kept.
     `comparable` forces ZeRO stage 0 and fp32 so gradients are plain, complete `.grad`s.
     """
 
@@ -39,6 +41,7 @@ class Variant:
     steps: int = 1
     whole_batch: bool = True
     accumulation: int = 1
+    steps_per_epoch: int = 0  # >0: micro-batches sized from the data's rows (see above)
     comparable: bool = True
     grads: bool = True  # record the flattened gradients of the last step
     expect_packed: bool = False  # stop early (result `skipped`) when the data is not packed
@@ -46,6 +49,37 @@ class Variant:
     kill_after: int = 0  # SIGKILL this process once the checkpoint of this step is complete
     run_name: str | None = None  # run folder name (default: `name`); two variants may share one
     after: str | None = None  # run only once this variant has finished
+
+
+class CannotRun(Exception):
+    """This check cannot run on this recipe (not a failure): its row is SKIP, with this message.
+
+    Raised by a check's `variants` or `compare`, or by a variant's worker (the data gives too few
+    rows, it does not pack, ...): the worker reports it as the variant's `skipped`, and every
+    check using that variant is SKIPped with the reason.
+    """
+
+
+def micro_batch_size_for(variant: Variant, rows: int, dp_size: int, samples: int = 0) -> int:
+    """The micro-batch size that makes the variant's step(s) out of `rows` training rows.
+
+    `whole_batch`: one step holds every row, so the rows must split evenly over `dp_size` ranks x
+    `accumulation` micro-batches. `steps_per_epoch`: as large as the rows allow for that many
+    steps per epoch. Raises `CannotRun` (naming the rows and what was needed) when the rows cannot.
+    """
+    per_step = dp_size * variant.accumulation
+    steps = 1 if variant.whole_batch else max(1, variant.steps_per_epoch)
+    what = f"the data gives {rows} training row(s)"
+    if samples > rows:
+        what += f" ({samples} samples packed)"
+    layout = f"{steps} step(s) x {variant.accumulation} micro-batch(es) x {dp_size} rank(s)"
+    if rows < per_step * steps:
+        raise CannotRun(
+            f"{what}; {variant.name} needs at least {per_step * steps} ({layout}): raise --samples"
+        )
+    if variant.whole_batch and rows % per_step:
+        raise CannotRun(f"{what}, which cannot be split into {per_step} equal micro-batches ({layout})")
+    return rows // (per_step * steps)
 
 
 @attrs.frozen(kw_only=True)

@@ -59,8 +59,6 @@ class PackingCheck(Check):
 
     def compare(self, results: Mapping[str, VariantResult]) -> Row:
         reference, packed = results["reference"], results["packed"]
-        if packed.skipped:
-            return self.row("SKIP", note=packed.skipped)
         compared = (
             f"{reference.rows} samples unpacked vs packed into {packed.rows} rows (1 step, ZeRO 0, fp32)"
         )
@@ -97,20 +95,35 @@ class RanksCheck(Check):
         return _with_weights(compare_step(self, reference, other, compared), other)
 
 
+SHORT_RUN_STEPS_PER_EPOCH = 2
+SHORT_RUN_ACCUMULATION = 2
+
+
 def short_run(name: str, ctx: VerifyContext, steps: int, set: tuple[str, ...] = (), **fields: Any) -> Variant:
-    """A run of `steps` steps with the recipe's ZeRO stage and precision: micro-batches of a quarter
-    of the sample set, 2 accumulated (2 steps per epoch), no gradients recorded."""
-    batch = (f"micro_batch_size={max(1, ctx.samples // 4)}", "gradient_accumulation_steps=2")
+    """A run of `steps` steps with the recipe's ZeRO stage, precision and packing, no gradients recorded.
+
+    Each epoch is 2 steps of 2 accumulated micro-batches, whose size the worker takes from the rows
+    the data gives (a quarter of them; packed rows hold several samples): at least 4 rows are
+    needed, else the variant cannot run and its checks are SKIPped, saying so.
+    """
     return Variant(
-        name=name, set=(*batch, *set), steps=steps, whole_batch=False, comparable=False, grads=False, **fields
+        name=name,
+        set=set,
+        steps=steps,
+        whole_batch=False,
+        accumulation=SHORT_RUN_ACCUMULATION,
+        steps_per_epoch=SHORT_RUN_STEPS_PER_EPOCH,
+        comparable=False,
+        grads=False,
+        **fields,
     )
 
 
 def kill_step(steps: int) -> int:
     """The step after whose checkpoint the resume check kills its run: odd, so mid-epoch.
 
-    The resume variants run 2 steps per epoch (micro-batches of a quarter of the sample set, 2
-    accumulated), so after an odd step the data position inside the epoch matters.
+    The resume variants run 2 steps per epoch (`short_run`), so after an odd step the data
+    position inside the epoch matters.
     """
     return max(1, (steps // 2) | 1) if steps > 2 else 1
 
@@ -146,6 +159,9 @@ class ResumeCheck(Check):
             return self.row("FAIL", compared, note=killed.error or "the run was not killed")
         s = len(killed.losses)
         compared = f"{n} steps straight vs killed (SIGKILL) after step {s}, rerun with auto_resume"
+        if straight.rows:
+            packed = f" packed from {straight.samples} samples" if straight.samples > straight.rows else ""
+            compared += f" ({straight.rows} rows{packed}, 2 steps an epoch)"
         if rerun.start_step != s:
             return self.row("FAIL", compared, note=f"the rerun started at step {rerun.start_step}, not {s}")
         abs_diff, rel_diff = diff(rerun.losses, straight.losses)

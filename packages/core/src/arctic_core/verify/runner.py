@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from arctic_core.errors import RecipeError
-from arctic_core.verify.base import Check, Row, Variant, VariantResult, VerifyContext
+from arctic_core.verify.base import CannotRun, Check, Row, Variant, VariantResult, VerifyContext
 
 DEFAULT_SAMPLES = 16
 DEFAULT_STEPS = 5
@@ -261,7 +261,7 @@ def verify(recipe: str, overrides: Sequence[str], *, method: str | None, options
     run_lanes(base, lanes(collect_variants(planned)))
     for check, variants in planned:
         results = {v.name: VariantResult.read(result_path(verify_dir, v.name), v.name) for v in variants}
-        rows[check.name] = _compare(check, results)
+        rows[check.name] = compare_results(check, results)
     for grads in verify_dir.glob("*/grads.pt"):
         grads.unlink()
     ordered = [rows[check.name] for check in checks]
@@ -279,15 +279,21 @@ def plan_checks(
 ) -> tuple[dict[str, Row], list[tuple[Check, list[Variant]]]]:
     """(SKIP rows of the checks that cannot run, the others with their variants).
 
-    `gpus`: the machine's GPU count (None: no CUDA, ranks are CPU processes and any number runs);
-    a check whose variants need more ranks than GPUs is skipped.
+    A check cannot run when the method's `verify_skips` names it, its `skip_reason` gives a reason,
+    its `variants` raise `CannotRun`, or (`gpus`: the machine's GPU count; None: no CUDA, ranks
+    are CPU processes and any number runs) its variants need more ranks than GPUs.
     """
     rows: dict[str, Row] = {}
     planned: list[tuple[Check, list[Variant]]] = []
     skips = getattr(ctx.trainer_class, "verify_skips", {})
     for check in checks:
         reason = skips.get(check.name) or check.skip_reason(ctx)
-        variants = [] if reason else check.variants(ctx)
+        variants: list[Variant] = []
+        if not reason:
+            try:
+                variants = check.variants(ctx)
+            except CannotRun as exc:
+                reason = str(exc)
         needed = max((v.ranks for v in variants), default=1)
         if not reason and gpus is not None and needed > gpus:
             reason = f"needs {needed} GPUs (one per rank); this machine has {gpus}"
@@ -298,8 +304,15 @@ def plan_checks(
     return rows, planned
 
 
-def _compare(check: Check, results: dict[str, VariantResult]) -> Row:
+def compare_results(check: Check, results: dict[str, VariantResult]) -> Row:
+    """The check's row: SKIP (with the reason) when one of its variants could not run on this
+    recipe, or its `compare` raises `CannotRun`; FAIL when the comparison itself breaks."""
+    for result in results.values():
+        if result.skipped and not result.error:
+            return check.row("SKIP", note=f"{result.name}: {result.skipped}")
     try:
         return check.compare(results)
+    except CannotRun as exc:
+        return check.row("SKIP", note=str(exc))
     except Exception as exc:  # a comparison that cannot be made is a failed check, said why
         return check.row("FAIL", note=f"cannot compare: {type(exc).__name__}: {exc}")

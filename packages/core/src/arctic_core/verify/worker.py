@@ -7,6 +7,9 @@ trained by a dynamically made subclass of the recipe's own trainer class, so the
 
 - a data factory that keeps the first `samples` samples of the training data (before packing);
 - with `whole_batch`, a micro batch size chosen so that one optimizer step holds the whole set;
+  with `steps_per_epoch`, one chosen from the rows the data gave (packed or not) for that many
+  steps an epoch. Rows that cannot make the variant's steps raise `CannotRun`: the variant's
+  result says `skipped`, and the checks using it are SKIPped with the reason;
 - in `micro_batch_weight`, a record of each micro-batch's weight;
 - in `before_optimizer_step` (after the step's last backward, gradients complete), the
   flattened gradients of the last step, and for the resume check a real SIGKILL of its own
@@ -30,9 +33,8 @@ from typing import Any
 
 import attrs
 
-from arctic_core.errors import ArcticError
 from arctic_core.trainer import Trainer
-from arctic_core.verify.base import Variant
+from arctic_core.verify.base import CannotRun, Variant, micro_batch_size_for
 
 ROW_MULTIPLE = 4
 """The sample set is cut to a multiple of this, so that 2 ranks x 2 micro-batches divide it."""
@@ -56,7 +58,7 @@ def quiet_recipe(raw: dict[str, Any], run_dir: Path, cache_dir: Path, variant: V
         every = variant.checkpoint_every
         raw["checkpoint"] = [{"type": "deepspeed", "save_every_n_steps": every, "auto_resume": True}]
     ds = raw.setdefault("deepspeed", {})
-    if variant.whole_batch:
+    if variant.whole_batch or variant.steps_per_epoch:  # sized from the data's rows by the worker
         for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
             ds.pop(key, None)
         raw.update(micro_batch_size=1, gradient_accumulation_steps=variant.accumulation)
@@ -129,23 +131,39 @@ class VerifyMixin(Trainer):
                 "packing applies to input_ids/labels samples"
             )
 
-    def setup_loaders(self) -> None:
-        if self.variant.whole_batch:
-            from arctic_core.engine.deepspeed_config import build_deepspeed_config
-            from arctic_core.engine.loaders import PreBatched
+    def setup_resume(self) -> None:
+        """A rerun (`steps_per_epoch` variants size their micro-batches only once the data is read)
+        starts from the micro-batch size its checkpoint's run chose, so that the resume check
+        compares recipes alike; every other key is still compared as for any run."""
+        if self.variant.steps_per_epoch and self.variant.checkpoint_every:
+            saved = _checkpoint_micro_batch_size(self.config)
+            if saved:
+                self.config = attrs.evolve(self.config, micro_batch_size=saved)
+        super().setup_resume()
 
-            if isinstance(self.train_dataset, PreBatched):
-                raise ArcticError(
-                    "pre-batched training data (whole global batches) cannot be re-split by verify"
-                )
-            rows, per_step = self.verify_rows, self.topology.dp_size * self.variant.accumulation
-            if rows == 0 or rows % per_step:
-                raise ArcticError(f"{rows} training rows cannot be split into {per_step} equal micro-batches")
-            self.config = attrs.evolve(self.config, micro_batch_size=rows // per_step)
-            self.ds_config = build_deepspeed_config(self.config, self.topology.dp_size)
-            if per_step > 1:
-                self.choose_uneven_order()
+    def setup_loaders(self) -> None:
+        if self.variant.whole_batch or self.variant.steps_per_epoch:
+            self.size_micro_batches()
         super().setup_loaders()
+
+    def size_micro_batches(self) -> None:
+        """Choose the micro-batch size from the rows the data gave (`micro_batch_size_for`)."""
+        from arctic_core.engine.deepspeed_config import build_deepspeed_config
+        from arctic_core.engine.loaders import PreBatched
+
+        if isinstance(self.train_dataset, PreBatched):
+            raise CannotRun("pre-batched training data (whole global batches) cannot be re-split by verify")
+        dp, variant = self.topology.dp_size, self.variant
+        micro = micro_batch_size_for(variant, self.verify_rows, dp, self.verify_samples_used)
+        if variant.steps_per_epoch:  # exactly `steps_per_epoch` steps an epoch: drop the rows beyond
+            keep = micro * dp * variant.accumulation * variant.steps_per_epoch
+            if keep < self.verify_rows and hasattr(self.train_dataset, "select"):
+                self.train_dataset = self.train_dataset.select(range(keep))
+                self.verify_rows, self.verify_samples_used = keep, _sample_count(self.train_dataset)
+        self.config = attrs.evolve(self.config, micro_batch_size=micro)
+        self.ds_config = build_deepspeed_config(self.config, dp)
+        if variant.whole_batch and dp * variant.accumulation > 1:
+            self.choose_uneven_order()
 
     def choose_uneven_order(self, tries: int = 16) -> None:
         """Pick a data seed whose micro-batches differ in trainable tokens (a wrong weighting then shows).
@@ -215,7 +233,23 @@ class VerifyMixin(Trainer):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class NotPacked(Exception):
+def _checkpoint_micro_batch_size(config: Any) -> int | None:
+    """The micro-batch size in the recipe of the newest checkpoint this run would resume (None: none)."""
+    import yaml
+
+    from arctic_core.engine.checkpoint import RECIPE_FILE
+    from arctic_core.engine.resume import newest_checkpoint, output_dir_of
+
+    entry = next((c for c in config.checkpoint if c.auto_resume), None)
+    point = newest_checkpoint(output_dir_of(config, entry)) if entry is not None else None
+    if point is None or not (point.folder / RECIPE_FILE).is_file():
+        return None
+    saved = yaml.safe_load((point.folder / RECIPE_FILE).read_text(encoding="utf-8")) or {}
+    value = saved.get("micro_batch_size")
+    return value if isinstance(value, int) else None
+
+
+class NotPacked(CannotRun):
     """The packed variant's data is not packed: the packing check is skipped."""
 
 
@@ -304,9 +338,9 @@ def run_variant(job: dict[str, Any], variant: Variant) -> None:
         trainer = cls(recipe.config)
         trainer.train()
         write_result(trainer, seconds=time.perf_counter() - start)
-    except NotPacked as exc:
-        if trainer is not None and getattr(trainer, "rank", 0) == 0:
-            write_result(trainer, skipped=str(exc))
+    except CannotRun as exc:  # not a failure: the checks using this variant are SKIPped, saying why
+        if int(os.environ.get("RANK", "0")) == 0:
+            result.write_text(json.dumps({"name": variant.name, "skipped": str(exc)}))
     except Exception as exc:  # reported in the table; the traceback goes to the worker's log
         traceback.print_exc()
         if int(os.environ.get("RANK", "0")) == 0:
