@@ -48,7 +48,8 @@ def read_references(config: GenerationEvalConfig) -> list[tuple[list[dict[str, s
     return pairs
 
 
-def _left_padded(tokenizer: Any, prompts: list[list[dict[str, str]]], pad_id: int) -> dict[str, torch.Tensor]:
+def left_padded(tokenizer: Any, prompts: list[list[dict[str, str]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chat prompts (each with the generation prompt) as one left-padded batch: input_ids, attention_mask."""
     encoded = [tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True) for p in prompts]
     encoded = [e["input_ids"] if isinstance(e, dict) or hasattr(e, "keys") else e for e in encoded]
     width = max(len(e) for e in encoded)
@@ -83,7 +84,7 @@ def generation_accuracy(
     for index in range(batches):
         chunk = mine[index * batch_size : (index + 1) * batch_size] or pairs[:1]
         inputs = {
-            k: v.to(device) for k, v in _left_padded(tokenizer, [p for p, _ in chunk], stop_ids[0]).items()
+            k: v.to(device) for k, v in left_padded(tokenizer, [p for p, _ in chunk], stop_ids[0]).items()
         }
         output = model.generate(
             **inputs,

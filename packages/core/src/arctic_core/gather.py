@@ -30,7 +30,8 @@ import torch.distributed as dist
 from arctic_core.engine import distributed
 
 
-def _group_rank_and_size(group: Any) -> tuple[int, int]:
+def group_rank_and_size(group: Any) -> tuple[int, int]:
+    """This process's rank in `group` and the group's size; (0, 1) when torch.distributed is not started."""
     if not dist.is_available() or not dist.is_initialized():
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
@@ -38,7 +39,7 @@ def _group_rank_and_size(group: Any) -> tuple[int, int]:
 
 def _gather_padded(tensor: torch.Tensor, group: Any) -> tuple[torch.Tensor, list[int]]:
     """Every rank's `tensor` concatenated along dim 0, and each rank's first-dim size."""
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     local = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
     sizes = [torch.zeros_like(local) for _ in range(size)]
     dist.all_gather(sizes, local, group=group)
@@ -55,7 +56,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
         gathered, counts = _gather_padded(tensor.detach(), group)
-        rank, _ = _group_rank_and_size(group)
+        rank, _ = group_rank_and_size(group)
         ctx.group = group
         ctx.start = sum(counts[:rank])
         ctx.count = counts[rank]
@@ -74,7 +75,7 @@ def all_gather_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.Tenso
     Every rank of the group must call it (and, when it is differentiated, run backward). First dims may
     differ between ranks; the other dims must match. One rank or no process group: `tensor` itself.
     """
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     if size == 1:
         return tensor
     result: torch.Tensor = _AllGatherWithGrad.apply(tensor, group)
@@ -108,7 +109,7 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.T
     than one rank) it is a plain sum (the tensor itself on one rank). Every rank of the group must
     call it, and run backward when it is differentiated.
     """
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     if size == 1:
         return tensor
     if not (torch.is_grad_enabled() and tensor.requires_grad):
@@ -121,7 +122,7 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor, group: Any = None) -> torch.T
 
 def all_gather_detached(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     """`[x_0; ...; x_{R-1}]` along dim 0, outside the graph (first dims may differ between ranks)."""
-    _, size = _group_rank_and_size(group)
+    _, size = group_rank_and_size(group)
     if size == 1:
         return tensor.detach()
     with torch.no_grad():

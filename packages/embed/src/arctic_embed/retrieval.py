@@ -131,9 +131,9 @@ def retrieval_metrics(
 
 def _shared_encode(module: Any, tokenizer: Any, texts: list[str], group: Any, **kwargs: Any) -> torch.Tensor:
     """Each rank of `group` embeds every R-th text; all ranks get every embedding (None: embed all here)."""
-    from arctic_core.gather import _group_rank_and_size, all_gather_detached
+    from arctic_core.gather import all_gather_detached, group_rank_and_size
 
-    rank, size = _group_rank_and_size(group) if group is not None else (0, 1)
+    rank, size = group_rank_and_size(group) if group is not None else (0, 1)
     if size == 1:
         return encode_texts(module, tokenizer, texts, **kwargs)
     mine = encode_texts(module, tokenizer, texts[rank::size], **kwargs)

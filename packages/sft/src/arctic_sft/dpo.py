@@ -56,12 +56,11 @@ STATS = (
 """Per-pair statistics, reported as means over a step's (or an evaluation's) pairs."""
 
 
-class DPOTrainer(SFTTrainer):
+class DPOTrainer(SFTTrainer[DPOConfig]):
     name = "dpo"
-    config_class: ClassVar[type[DPOConfig]] = DPOConfig  # type: ignore[assignment]
+    config_class = DPOConfig
     data_factory_class: ClassVar[Any] = DPODataFactory
     reports_perplexity: ClassVar[bool] = False
-    config: DPOConfig
 
     def __init__(self, config: DPOConfig, *, local_rank: int | None = None):
         super().__init__(config, local_rank=local_rank)
@@ -127,8 +126,7 @@ class DPOTrainer(SFTTrainer):
         Differentiable: the backward hands each rank's partial the gradient summed over the group
         (see `arctic_core.gather.all_reduce_sum_with_grad`). Without sequence parallelism: `partial`.
         """
-        topology = getattr(self, "topology", None)
-        if topology is None or topology.sequence_parallel_size == 1:
+        if self.topology is None or self.topology.sequence_parallel_size == 1:
             return partial
         return all_reduce_sum_with_grad(partial, self.groups.sp_group)
 

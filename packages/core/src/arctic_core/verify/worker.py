@@ -128,24 +128,23 @@ class VerifyMixin(Trainer):
                 f"the {self.config.type} data pipeline does not pack these rows (columns {columns}); "
                 "packing applies to input_ids/labels samples"
             )
+        if self.variant.whole_batch:  # before the loaders are built from the micro batch size
+            self.fit_whole_batch()
 
-    def setup_loaders(self) -> None:
-        if self.variant.whole_batch:
-            from arctic_core.engine.deepspeed_config import build_deepspeed_config
-            from arctic_core.engine.loaders import PreBatched
+    def fit_whole_batch(self) -> None:
+        """With `whole_batch`: a micro batch size that puts the whole sample set in one optimizer step."""
+        from arctic_core.engine.deepspeed_config import build_deepspeed_config
+        from arctic_core.engine.loaders import PreBatched
 
-            if isinstance(self.train_dataset, PreBatched):
-                raise ArcticError(
-                    "pre-batched training data (whole global batches) cannot be re-split by verify"
-                )
-            rows, per_step = self.verify_rows, self.topology.dp_size * self.variant.accumulation
-            if rows == 0 or rows % per_step:
-                raise ArcticError(f"{rows} training rows cannot be split into {per_step} equal micro-batches")
-            self.config = attrs.evolve(self.config, micro_batch_size=rows // per_step)
-            self.ds_config = build_deepspeed_config(self.config, self.topology.dp_size)
-            if per_step > 1:
-                self.choose_uneven_order()
-        super().setup_loaders()
+        if isinstance(self.train_dataset, PreBatched):
+            raise ArcticError("pre-batched training data (whole global batches) cannot be re-split by verify")
+        rows, per_step = self.verify_rows, self.topology.dp_size * self.variant.accumulation
+        if rows == 0 or rows % per_step:
+            raise ArcticError(f"{rows} training rows cannot be split into {per_step} equal micro-batches")
+        self.config = attrs.evolve(self.config, micro_batch_size=rows // per_step)
+        self.ds_config = build_deepspeed_config(self.config, self.topology.dp_size)
+        if per_step > 1:
+            self.choose_uneven_order()
 
     def choose_uneven_order(self, tries: int = 16) -> None:
         """Pick a data seed whose micro-batches differ in trainable tokens (a wrong weighting then shows).
