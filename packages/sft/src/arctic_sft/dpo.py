@@ -40,6 +40,7 @@ import torch
 from arctic_core.gather import all_reduce_sum_with_grad
 from arctic_core.losses import sequence_log_probs
 from arctic_core.trainer import LossOutput
+from arctic_sft.config import SFTConfig
 from arctic_sft.dpo_config import DPOConfig
 from arctic_sft.dpo_data import REF_COLUMNS, DPODataFactory
 from arctic_sft.dpo_loss import preference_losses
@@ -58,7 +59,7 @@ STATS = (
 
 class DPOTrainer(SFTTrainer[DPOConfig]):
     name = "dpo"
-    config_class = DPOConfig
+    config_class: ClassVar[type[SFTConfig]] = DPOConfig
     data_factory_class: ClassVar[Any] = DPODataFactory
     reports_perplexity: ClassVar[bool] = False
 

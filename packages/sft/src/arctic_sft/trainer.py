@@ -13,7 +13,7 @@ A custom trainer subclasses `SFTTrainer` (`SFTTrainer[ItsConfig]` for a config o
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -35,4 +35,4 @@ class SFTTrainer(Trainer[SFTConfigT]):
 
 class CausalTrainer(SFTTrainer[CausalConfig]):
     name = "causal"
-    config_class = CausalConfig
+    config_class: ClassVar[type[SFTConfig]] = CausalConfig

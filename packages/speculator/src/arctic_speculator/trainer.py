@@ -16,7 +16,7 @@ layout vLLM and ArcticInference load. ArcticTraining's recipe types are aliases:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -95,7 +95,7 @@ class ArcticLSTMSpeculatorTrainer(SpeculatorTrainer):
     """ArcticTraining's `type: arctic-lstm-speculator`: the same method, method sum_rnn by default."""
 
     name = "arctic-lstm-speculator"
-    config_class = ArcticLSTMSpeculatorConfig
+    config_class: ClassVar[type[SpeculatorConfig]] = ArcticLSTMSpeculatorConfig
 
 
 class SpecDecodeTrainer(SpeculatorTrainer):
