@@ -127,3 +127,73 @@ def test_no_test_switch_is_read_in_package_code():
         if "ARCTIC_TEST_" in line
     ]
     assert not found, "test switches read by package code:\n" + "\n".join(found)
+
+
+# --- import boundaries ----------------------------------------------------------------------------
+
+
+def imported_modules(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names) of every import in the file, lazy in-function ones included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def cross_package_private_imports(path: Path, own: str) -> list[str]:
+    """`from arctic_x.m import _name` / `import arctic_x._m` in a file of package `own` (x != own)."""
+    problems = []
+    for line, module, names in imported_modules(path):
+        parts = module.split(".")
+        if not parts[0].startswith("arctic_") or parts[0] == own:
+            continue
+        hidden = [p for p in parts[1:] if private(p)] + [n for n in names if private(n)]
+        if hidden:
+            where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+            problems.append(f"{where}:{line}: {module} -> {', '.join(hidden)}")
+    return problems
+
+
+def test_no_package_imports_another_packages_private_names(tmp_path):
+    problems = [
+        problem
+        for folder in PACKAGES
+        for path in sorted((folder / "src").rglob("*.py"))
+        for problem in cross_package_private_imports(path, f"arctic_{folder.name}")
+    ]
+    assert not problems, "private names used across packages (make them public):\n" + "\n".join(problems)
+    planted = tmp_path / "planted.py"  # the check itself finds both spellings, lazy imports too
+    planted.write_text("def f():\n    from arctic_core.gather import _hidden\n    import arctic_sft._x\n")
+    assert len(cross_package_private_imports(planted, "arctic_embed")) == 2
+    assert cross_package_private_imports(planted, "arctic_core") == [f"{planted}:3: arctic_sft._x -> _x"]
+
+
+CORE = REPO / "packages" / "core" / "src" / "arctic_core"
+ENGINE_MODULES = [
+    *(
+        CORE / "engine" / f"{name}.py"
+        for name in ("loop", "state", "setup", "loaders", "checkpoint", "resume")
+    ),
+    *(CORE / "engine" / f"{name}.py" for name in ("signals", "metrics")),
+    *sorted((CORE / "data").rglob("*.py")),
+]
+TOOLS = ("arctic_core.verify", "arctic_core.plan", "arctic_core.compat", "arctic_core.cli")
+"""What the loop, data and checkpoint modules never import: the tools built on top of them."""
+
+
+@pytest.mark.parametrize("path", ENGINE_MODULES, ids=lambda p: str(p.relative_to(CORE)))
+def test_engine_modules_import_no_tool(path):
+    bad = [
+        f"line {line}: {module}"
+        for line, module, names in imported_modules(path)
+        for target in [module, *(f"{module}.{n}" for n in names)]
+        if any(target == tool or target.startswith(tool + ".") for tool in TOOLS)
+    ]
+    assert not bad, f"{path.relative_to(REPO)} imports {bad}"

@@ -199,6 +199,7 @@ def dpo_batch(vocab: int) -> dict[str, torch.Tensor]:
 
 
 def dpo_trainer(folder: str, sp: int, loss_type: str, attn: str) -> Any:
+    from arctic_core.engine import setup
     from arctic_core.recipe import load_recipe
     from arctic_core.testing import preference_rows, save_tiny_model, write_rows
 
@@ -216,7 +217,7 @@ def dpo_trainer(folder: str, sp: int, loss_type: str, attn: str) -> Any:
     }
     loaded = load_recipe(None, data=recipe)
     trainer = loaded.trainer_class()(loaded.config)
-    trainer.setup_distributed()  # the features' checks, the topology and its process groups
+    setup.distributed(trainer)  # the features' checks, the topology and its process groups
     return trainer
 
 

@@ -49,7 +49,8 @@ def read_references(config: GenerationEvalConfig) -> list[tuple[list[dict[str, s
     return pairs
 
 
-def _left_padded(tokenizer: Any, prompts: list[list[dict[str, str]]], pad_id: int) -> dict[str, torch.Tensor]:
+def left_padded(tokenizer: Any, prompts: list[list[dict[str, str]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chat prompts (each with the generation prompt) as one left-padded batch: input_ids, attention_mask."""
     encoded = [tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True) for p in prompts]
     encoded = [e["input_ids"] if isinstance(e, dict) or hasattr(e, "keys") else e for e in encoded]
     width = max(len(e) for e in encoded)
@@ -88,7 +89,7 @@ def generation_accuracy(
 
     def score(chunk: list[tuple[list[dict[str, str]], str]]) -> int:
         inputs = {
-            k: v.to(device) for k, v in _left_padded(tokenizer, [p for p, _ in chunk], stop_ids[0]).items()
+            k: v.to(device) for k, v in left_padded(tokenizer, [p for p, _ in chunk], stop_ids[0]).items()
         }
         output = model.generate(
             **inputs,

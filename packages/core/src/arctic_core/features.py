@@ -16,7 +16,8 @@ naming the package, unless the value is the neutral one (which changes nothing).
 
 The trainer asks `active_features(config)` for a `FeatureSet` and calls its hooks at fixed
 points of the run (`parallel_sizes`, `before_model`, `transform_model`, `transform_frozen`,
-`wrap_loader`, `prepare_batch`); with no feature on, every call does nothing.
+`wrap_loader`, `prepare_batch`, and `subscribe` to the loop's events); with no feature on, every
+call does nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from arctic_core.config import TrainerConfig
+    from arctic_core.engine.loop import Events
     from arctic_core.trainer import Trainer
 
 GROUP = "arctic.features"
@@ -326,6 +328,9 @@ class FeatureHooks:
         """A micro-batch on its device, changed before the forward pass."""
         return batch
 
+    def subscribe(self, trainer: Trainer, events: Events) -> None:
+        """Subscribe to the loop's events (`arctic_core.engine.loop.Events`): default none."""
+
 
 @attrs.frozen
 class FeatureSet:
@@ -386,6 +391,10 @@ class FeatureSet:
         for hooks in self.hooks:
             batch = hooks.prepare_batch(trainer, batch)
         return batch
+
+    def subscribe(self, trainer: Trainer, events: Events) -> None:
+        for hooks in self.hooks:
+            hooks.subscribe(trainer, events)
 
 
 NO_FEATURES = FeatureSet()

@@ -1,7 +1,7 @@
 """One line for every way a command stops: what stopped it, and in which phase of the run.
 
 The phase is read from the stack, not tracked by hand: the innermost frame of a known step
-(`setup_data`, `save_to`, `train_epoch`, ...) names it. So the trainer needs no bookkeeping,
+(a setup step of `arctic_core.engine.setup`, `setup_data`, `save_to`, `train_step`, ...) names it. So the trainer needs no bookkeeping,
 and a method's own setup steps are found too (any `setup_*` method).
 
 Before training starts (and after it ends), `signals_raise()` turns SIGTERM and SIGINT into
@@ -15,6 +15,7 @@ A second signal kills at once, as the signal's default action would.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import traceback
 from collections.abc import Iterator
@@ -25,28 +26,37 @@ PHASES = {
     "read_recipe": "reading the recipe",
     "load_recipe": "reading the recipe",
     "preflight": "checking the recipe",
-    "setup_distributed": "starting distributed",
-    "setup_resume": "finding the checkpoint to resume",
-    "setup_run_folder": "preparing the run folder",
     "setup_tokenizer": "loading the tokenizer",
     "setup_data": "data preparation",
     "prepare": "data preparation",
     "process_source": "data preparation (tokenizing)",
-    "setup_loaders": "building the data loaders",
-    "setup_model": "loading the model",
-    "setup_optimizer": "building the optimizer",
-    "setup_scheduler": "building the scheduler",
-    "setup_engine": "building the DeepSpeed engine",
-    "setup_checkpoints": "setting up checkpoints",
-    "restore_training_state": "loading the checkpoint",
     "train": "training",
-    "train_epoch": "training",
+    "train_loop": "training",
+    "train_step": "training",
     "generation_eval": "generation eval",
     "evaluate": "evaluation",
     "save_to": "checkpointing",
     "stop_on_signal": "checkpointing on stop",
 }
 """Function names that mark a phase, and how the stop line calls it."""
+
+SETUP_FILE = os.path.join("arctic_core", "engine", "setup.py")
+SETUP_STEPS = {
+    "distributed": "starting distributed",
+    "resume_point": "finding the checkpoint to resume",
+    "recipe": "resolving the recipe",
+    "run_folder": "preparing the run folder",
+    "tokenizer": "loading the tokenizer",
+    "data": "data preparation",
+    "loaders": "building the data loaders",
+    "model": "loading the model",
+    "optimizer": "building the optimizer",
+    "scheduler": "building the scheduler",
+    "engine": "building the DeepSpeed engine",
+    "checkpoints": "setting up checkpoints",
+    "restore": "loading the checkpoint",
+}
+"""The setup steps (`arctic_core.engine.setup.STEPS`, known by their file: their names are plain words)."""
 
 
 class Stopped(BaseException):
@@ -59,9 +69,11 @@ class Stopped(BaseException):
         self.exit_code = 128 + signum
 
 
-def _phase(names: list[str]) -> str:
-    """The innermost known phase among function names listed outermost first."""
-    for name in reversed(names):
+def _phase(frames: list[tuple[str, str]]) -> str:
+    """The innermost known phase among (file, function name) pairs listed outermost first."""
+    for filename, name in reversed(frames):
+        if filename.endswith(SETUP_FILE) and name in SETUP_STEPS:
+            return SETUP_STEPS[name]
         if name in PHASES:
             return PHASES[name]
         if name.startswith("setup_"):
@@ -71,16 +83,16 @@ def _phase(names: list[str]) -> str:
 
 def phase_of_frame(frame: FrameType | None) -> str:
     """The phase of the run a frame (e.g. a signal handler's) is in."""
-    names: list[str] = []
+    frames: list[tuple[str, str]] = []
     while frame is not None:
-        names.append(frame.f_code.co_name)
+        frames.append((frame.f_code.co_filename, frame.f_code.co_name))
         frame = frame.f_back
-    return _phase(names[::-1])
+    return _phase(frames[::-1])
 
 
 def phase_of_traceback(tb: TracebackType | None) -> str:
     """The phase of the run in which an exception with this traceback was raised."""
-    return _phase([frame.name for frame in traceback.extract_tb(tb)])
+    return _phase([(frame.filename, frame.name) for frame in traceback.extract_tb(tb)])
 
 
 @contextlib.contextmanager

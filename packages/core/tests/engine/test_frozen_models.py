@@ -23,9 +23,9 @@ class TeacherTrainer(RecorderTrainer):
     name = "frozen_test"
     record_grads = False
 
-    def setup_model(self) -> None:
-        super().setup_model()
+    def transform_model(self, model: torch.nn.Module) -> torch.nn.Module:
         self.teacher = self.build_frozen_model()
+        return super().transform_model(model)
 
     def loss(self, batch: dict[str, Any]) -> LossOutput:
         student = super().loss(batch)

@@ -50,3 +50,18 @@ def test_an_oversized_recipe_file_is_refused(tmp_path: Path, capsys: pytest.Capt
         main(["config", "check", str(recipe)])
     assert exit_info.value.code == 2
     assert "a recipe may be at most" in capsys.readouterr().err
+
+
+def test_the_stop_line_names_setup_steps_by_their_file_and_hooks_by_name():
+    """Setup steps are plain words (`model`, `data`): only those of engine/setup.py name a phase."""
+    import os
+
+    from arctic_core.stops import _phase
+
+    setup_file = os.path.join("site-packages", "arctic_core", "engine", "setup.py")
+    assert _phase([("cli.py", "main"), (setup_file, "model"), ("x.py", "helper")]) == "loading the model"
+    assert _phase([("cli.py", "main"), ("other.py", "model")]) == "start-up"
+    assert _phase([(setup_file, "data"), ("t.py", "setup_data"), ("f.py", "process_source")]) == (
+        "data preparation (tokenizing)"
+    )
+    assert _phase([(setup_file, "restore"), ("c.py", "save_to")]) == "checkpointing"

@@ -31,7 +31,9 @@ class Sabotaged(Trainer):
     def micro_batch_weight(self, batch: dict[str, Any]) -> float:
         return 1.0
 
-    def restore_training_state(self) -> None:
-        super().restore_training_state()
-        if self.resume_point is not None:
-            self.train_loader.load_state_dict({"epoch": self.train_loader.epoch, "samples": 0})
+    def subscribe(self, events: Any) -> None:
+        if self.resume_point is not None:  # a resumed run that starts its epoch over
+            loader = self.state.loader
+            events.subscribe(
+                "train_start", lambda: loader.load_state_dict({"epoch": loader.epoch, "samples": 0})
+            )

@@ -32,6 +32,7 @@ import torch
 
 import arctic_embed.export  # noqa: F401  (registers the sentence_transformers and biencoder checkpoints)
 from arctic_core.engine.loaders import PreBatched
+from arctic_core.engine.loop import Events
 from arctic_core.errors import ArcticError
 from arctic_core.gather import all_gather_detached, all_gather_with_grad
 from arctic_core.trainer import LossOutput, Trainer
@@ -41,10 +42,9 @@ from arctic_embed.loss import build_targets, info_nce, mrl_loss
 from arctic_embed.modeling import embed_texts, trim_padding
 
 
-class EmbedTrainer(Trainer):
+class EmbedTrainer(Trainer[EmbedConfig]):
     name = "embed"
-    config_class: ClassVar[type[EmbedConfig]] = EmbedConfig  # type: ignore[assignment]
-    config: EmbedConfig
+    config_class = EmbedConfig
     reports_perplexity = False
     verify_skips: ClassVar[dict[str, str]] = {
         "accumulation": "in-batch negatives: each micro-batch's queries are scored against that "
@@ -190,14 +190,13 @@ class EmbedTrainer(Trainer):
 
     # --- retrieval evaluation ------------------------------------------------------------------
 
-    def train(self) -> None:
-        self.setup()
+    def subscribe(self, events: Events) -> None:
+        """Retrieval eval before training (unless resumed) and after it."""
         settings = self.config.retrieval_eval
         if settings.path and settings.before_training and self.resume_point is None:
-            self.retrieval_eval("before training")
-        super().train()
+            events.subscribe("train_start", lambda: self.retrieval_eval("before training"))
         if settings.path and settings.after_training:
-            self.retrieval_eval("after training")
+            events.subscribe("train_end", lambda: self.retrieval_eval("after training"))
 
     def retrieval_eval(self, when: str) -> dict[str, float]:
         """nDCG@10, recall@k, MRR on `[retrieval_eval] path` (every rank embeds a share of the texts)."""
@@ -231,4 +230,4 @@ class BiencoderTrainer(EmbedTrainer):
     """ArcticTraining's `biencoder` trainer name."""
 
     name = "biencoder"
-    config_class: ClassVar[type[EmbedConfig]] = BiencoderConfig
+    config_class = BiencoderConfig

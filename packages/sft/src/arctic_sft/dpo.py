@@ -40,6 +40,7 @@ import torch
 from arctic_core.gather import all_reduce_sum_with_grad
 from arctic_core.losses import sequence_log_probs
 from arctic_core.trainer import LossOutput
+from arctic_sft.config import SFTConfig
 from arctic_sft.dpo_config import DPOConfig
 from arctic_sft.dpo_data import REF_COLUMNS, DPODataFactory
 from arctic_sft.dpo_loss import preference_losses
@@ -56,12 +57,11 @@ STATS = (
 """Per-pair statistics, reported as means over a step's (or an evaluation's) pairs."""
 
 
-class DPOTrainer(SFTTrainer):
+class DPOTrainer(SFTTrainer[DPOConfig]):
     name = "dpo"
-    config_class: ClassVar[type[DPOConfig]] = DPOConfig  # type: ignore[assignment]
+    config_class: ClassVar[type[SFTConfig]] = DPOConfig
     data_factory_class: ClassVar[Any] = DPODataFactory
     reports_perplexity: ClassVar[bool] = False
-    config: DPOConfig
 
     def __init__(self, config: DPOConfig, *, local_rank: int | None = None):
         super().__init__(config, local_rank=local_rank)
@@ -130,8 +130,7 @@ class DPOTrainer(SFTTrainer):
         Differentiable: the backward hands each rank's partial the gradient summed over the group
         (see `arctic_core.gather.all_reduce_sum_with_grad`). Without sequence parallelism: `partial`.
         """
-        topology = getattr(self, "topology", None)
-        if topology is None or topology.sequence_parallel_size == 1:
+        if self.topology is None or self.topology.sequence_parallel_size == 1:
             return partial
         return all_reduce_sum_with_grad(partial, self.groups.sp_group)
 

@@ -120,7 +120,7 @@ class DPODataFactory(DataFactory):
         ]
         batch = collate.collate_rows(
             sides,
-            pad_id=self._pad_id,
+            pad_id=self.pad_id,
             div_length=self.data.div_length,
             max_length=self.data.max_length,
             pad_to=self.data.pad_to,

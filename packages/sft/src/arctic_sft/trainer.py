@@ -7,12 +7,13 @@ token weighting across micro-batches and ranks, schedules, checkpoints) is core'
 this method only supplies the loss, computed without materialising the full logits
 (`arctic_core.losses`).
 
-A custom trainer subclasses `SFTTrainer`, sets `name`, and overrides `loss(batch)`.
+A custom trainer subclasses `SFTTrainer` (`SFTTrainer[ItsConfig]` for a config of its own), sets
+`name`, and overrides `loss(batch)`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -20,11 +21,12 @@ from arctic_core.losses import causal_lm_loss
 from arctic_core.trainer import LossOutput, Trainer
 from arctic_sft.config import CausalConfig, SFTConfig
 
+SFTConfigT = TypeVar("SFTConfigT", bound=SFTConfig)
 
-class SFTTrainer(Trainer):
+
+class SFTTrainer(Trainer[SFTConfigT]):
     name = "sft"
-    config_class: ClassVar[type[SFTConfig]] = SFTConfig  # type: ignore[assignment]
-    config: SFTConfig
+    config_class = SFTConfig
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor | LossOutput:
         """Mean cross-entropy over the batch's trainable tokens, the output layer run in chunks."""
@@ -37,6 +39,6 @@ class SFTTrainer(Trainer):
         )
 
 
-class CausalTrainer(SFTTrainer):
+class CausalTrainer(SFTTrainer[CausalConfig]):
     name = "causal"
     config_class: ClassVar[type[SFTConfig]] = CausalConfig

@@ -25,10 +25,9 @@ from arctic_core.trainer import LossOutput, Trainer
 from arctic_speculator.config import ArcticLSTMSpeculatorConfig, SpeculatorConfig
 
 
-class SpeculatorTrainer(Trainer):
+class SpeculatorTrainer(Trainer[SpeculatorConfig]):
     name = "speculator"
-    config_class: ClassVar[type[SpeculatorConfig]] = SpeculatorConfig  # type: ignore[assignment]
-    config: SpeculatorConfig
+    config_class = SpeculatorConfig
     reports_perplexity = False  # a sum of per-head cross-entropies, not one NLL
 
     def build_model(self) -> torch.nn.Module:
@@ -98,7 +97,7 @@ class ArcticLSTMSpeculatorTrainer(SpeculatorTrainer):
     """ArcticTraining's `type: arctic-lstm-speculator`: the same method, method sum_rnn by default."""
 
     name = "arctic-lstm-speculator"
-    config_class: ClassVar[type[SpeculatorConfig]] = ArcticLSTMSpeculatorConfig  # type: ignore[assignment]
+    config_class: ClassVar[type[SpeculatorConfig]] = ArcticLSTMSpeculatorConfig
 
 
 class SpecDecodeTrainer(SpeculatorTrainer):

@@ -64,12 +64,12 @@ def generation_agreement(
     max_new_tokens: int,
 ) -> tuple[float, float]:
     """(fraction of prompts decoded identically, fraction of decoded tokens equal) by teacher and student."""
-    from arctic_core.evals import _left_padded
+    from arctic_core.evals import left_padded
 
     same = equal = total = 0
     device = next(model.parameters()).device
     for prompt in prompts:
-        inputs = {k: v.to(device) for k, v in _left_padded(tokenizer, [prompt], stop_ids[0]).items()}
+        inputs = {k: v.to(device) for k, v in left_padded(tokenizer, [prompt], stop_ids[0]).items()}
         kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": stop_ids}
         with swiftkv_off(model):
             teacher = model.generate(**inputs, pad_token_id=stop_ids[0], **kwargs)[0]

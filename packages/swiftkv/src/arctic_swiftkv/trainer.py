@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -59,10 +59,9 @@ class SwiftKVLoader:
         return AutoModelForCausalLM.from_pretrained(name, config=self._convert(config), **kwargs)
 
 
-class SwiftKVTrainer(Trainer):
+class SwiftKVTrainer(Trainer[SwiftKVConfig]):
     name = "swiftkv"
-    config_class: ClassVar[type[SwiftKVConfig]] = SwiftKVConfig  # type: ignore[assignment]
-    config: SwiftKVConfig
+    config_class = SwiftKVConfig
     reports_perplexity = False
 
     @classmethod

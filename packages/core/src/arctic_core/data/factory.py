@@ -74,7 +74,8 @@ class DataFactory:
         self._train: Any = None
         self._eval: Any = None
         self._summary: dict[str, Any] | None = None
-        self._pad_id = collate.pad_id_of(tokenizer)
+        self.pad_id = collate.pad_id_of(tokenizer)
+        """The id that pads rows (`arctic_core.data.collate.pad_id_of`), for subclasses' collates."""
 
     # --- public -----------------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class DataFactory:
             )
         return collate.collate_rows(
             rows,
-            pad_id=self._pad_id,
+            pad_id=self.pad_id,
             div_length=self.data.div_length,
             max_length=self.data.max_length,
             pad_to=self.data.pad_to,

@@ -9,7 +9,8 @@ A `deepspeed` checkpoint is a folder (`<output_dir>/global_step_<N>`, or `epoch_
     loader/rank_<R>.json each rank's training loader state (epoch, position in it)
     arctic_recipe.yaml   the resolved recipe
     manifest.json        every file above with its size and SHA-256 (`arctic_core.engine.integrity`)
-    arctic_state.json    written last: step, epoch, steps done in the epoch, world size
+    arctic_state.json    written last: the `TrainingState` counters (step, epoch, steps done in
+                         the epoch, tokens), world size
 
 `arctic_state.json` is the completion marker, and the folder is written under a temporary
 name and renamed when complete (`atomic_folder`): a folder without the marker is never loaded.
@@ -36,7 +37,6 @@ End-of-training and on-signal saves go to `global_step_<N>` (unless step N is sa
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,40 +196,6 @@ def changed_keys(saved_recipe: Path, config: TrainerConfig) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's random generators as tensors and plain values (loadable with weights_only=True)."""
-    import numpy as np
-
-    version, keys, gauss = random.getstate()
-    kind, mt, position, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "state": torch.from_numpy(np.asarray(mt, dtype=np.int64)),
-            "position": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    python, numpy = state["python"], state["numpy"]
-    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
-    mt = numpy["state"].numpy().astype(np.uint32)
-    np.random.set_state((numpy["kind"], mt, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def load_rng_state(path: Path) -> dict[str, Any]:
     """A saved RNG state, read without unpickling arbitrary objects."""
     try:
@@ -242,26 +208,26 @@ def load_rng_state(path: Path) -> dict[str, Any]:
 
 
 def restore(trainer: Trainer, point: ResumePoint) -> None:
-    """Load the engine, optimizer, scheduler and this rank's RNG states; set the step and data position."""
+    """Load the engine, optimizer and scheduler, then the training state (counters, loader, RNG)."""
     use_safe_loading(trainer.engine)  # a pickle planted in the folder cannot run code
     path, _ = trainer.engine.load_checkpoint(
         str(point.folder), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if path is None:
         raise ArcticError(f"DeepSpeed could not load the checkpoint in {point.folder}")
-    set_rng_state(load_rng_state(point.folder / "rng" / f"rank_{trainer.rank}.pt"))
-    loader = trainer.train_loader
-    loader.load_state_dict(loader_state(trainer, point))
-    trainer.global_step = point.global_step
-    # The loader's position is the truth (it differs from the checkpoint's step count only when
-    # the user resumed a changed recipe on purpose: `allow_recipe_changes`).
-    trainer.epoch = loader.epoch
-    trainer.step_in_epoch = loader.position // trainer.config.gradient_accumulation_steps
-    if trainer.step_in_epoch >= trainer.steps_per_epoch:  # that epoch was complete
-        trainer.epoch, trainer.step_in_epoch = trainer.epoch + 1, 0
+    rank_state = {
+        "rng": load_rng_state(point.folder / "rng" / f"rank_{trainer.rank}.pt"),
+        "loader": loader_state(trainer, point),
+    }
+    trainer.state.load_state_dict(read_shared_state(point), rank_state)
     for checkpoint in trainer.checkpoints:
         if isinstance(checkpoint, DeepSpeedCheckpoint) and checkpoint.config.auto_resume:
             checkpoint.last_saved_step = point.global_step
+
+
+def read_shared_state(point: ResumePoint) -> dict[str, Any]:
+    """The checkpoint's `arctic_state.json` (the counters `TrainingState.state_dict` wrote)."""
+    return dict(json.loads((point.folder / STATE_FILE).read_text()))
 
 
 def loader_state(trainer: Trainer, point: ResumePoint) -> dict[str, Any]:
@@ -290,37 +256,34 @@ class DeepSpeedCheckpoint(CheckpointEngine):
 
     def save_current_step(self) -> Path:
         """Save to `global_step_<N>` for the current step N, unless this step is saved already."""
-        target = self.output_dir / f"global_step_{self.trainer.global_step}"
-        if self.last_saved_step != self.trainer.global_step:
+        step = self.trainer.state.global_step
+        target = self.output_dir / f"global_step_{step}"
+        if self.last_saved_step != step:
             self.save_to(target)
             self.prune("global_step_")
         return target
 
     def save_to(self, target: Path) -> None:
         super().save_to(target)
-        self.last_saved_step = self.trainer.global_step
+        self.last_saved_step = self.trainer.state.global_step
 
     def save(self, folder: Path) -> None:
         from arctic_core.recipe.render import render
 
         trainer = self.trainer
         trainer.engine.save_checkpoint(str(folder), tag=ENGINE_TAG, save_latest=True)
+        rank_state = trainer.state.rank_state_dict()
         (folder / "rng").mkdir(exist_ok=True)
-        torch.save(rng_state(), folder / "rng" / f"rank_{trainer.rank}.pt")
+        torch.save(rank_state["rng"], folder / "rng" / f"rank_{trainer.rank}.pt")
         (folder / "loader").mkdir(exist_ok=True)
-        (folder / "loader" / f"rank_{trainer.rank}.json").write_text(
-            json.dumps(trainer.train_loader.state_dict()) + "\n"
-        )
+        (folder / "loader" / f"rank_{trainer.rank}.json").write_text(json.dumps(rank_state["loader"]) + "\n")
         distributed.barrier()
         if trainer.rank != 0:
             return
         (folder / RECIPE_FILE).write_text(render(trainer.config, "yaml"))
         state = {
             "format": FORMAT_VERSION,
-            "global_step": trainer.global_step,
-            "epoch": trainer.epoch,
-            "steps_in_epoch": trainer.step_in_epoch,
-            "steps_per_epoch": trainer.steps_per_epoch,
+            **trainer.state.state_dict(),
             "world_size": trainer.world_size,
             "zero_stage": trainer.zero_stage,
         }

@@ -1,7 +1,7 @@
 """Checks of a recipe that need no weights and no data rows.
 
 `arctic config check` runs them after the recipe parses, and every run runs them before it
-builds anything (`Trainer.setup_distributed`), so a recipe that cannot train fails in a
+builds anything (`arctic_core.engine.setup.distributed`), so a recipe that cannot train fails in a
 second, not minutes later after data and model are built. Each check reports every problem
 it finds; `preflight` gathers them into one `RecipeError` (exit 2) naming each key path.
 

@@ -130,21 +130,18 @@ class VerifyMixin(Trainer):
                 f"the {self.config.type} data pipeline does not pack these rows (columns {columns}); "
                 "packing applies to input_ids/labels samples"
             )
+        if self.variant.whole_batch or self.variant.steps_per_epoch:
+            self.size_micro_batches()  # before the loaders are built from the micro batch size
 
-    def setup_resume(self) -> None:
+    def __init__(self, config: Any, **kwargs: Any) -> None:
         """A rerun (`steps_per_epoch` variants size their micro-batches only once the data is read)
         starts from the micro-batch size its checkpoint's run chose, so that the resume check
         compares recipes alike; every other key is still compared as for any run."""
         if self.variant.steps_per_epoch and self.variant.checkpoint_every:
-            saved = _checkpoint_micro_batch_size(self.config)
+            saved = _checkpoint_micro_batch_size(config)
             if saved:
-                self.config = attrs.evolve(self.config, micro_batch_size=saved)
-        super().setup_resume()
-
-    def setup_loaders(self) -> None:
-        if self.variant.whole_batch or self.variant.steps_per_epoch:
-            self.size_micro_batches()
-        super().setup_loaders()
+                config = attrs.evolve(config, micro_batch_size=saved)
+        super().__init__(config, **kwargs)
 
     def size_micro_batches(self) -> None:
         """Choose the micro-batch size from the rows the data gave (`micro_batch_size_for`)."""

@@ -1,0 +1,18 @@
+"""docs/architecture.md prints the training loop as it is in the code; this keeps the two equal."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+from arctic_core.engine.loop import train_loop
+
+DOC = Path(__file__).resolve().parents[4] / "docs" / "architecture.md"
+
+
+def test_the_loop_printed_in_the_docs_is_the_code():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    printed = [b for b in blocks if b.startswith("def train_loop(")]
+    assert printed, f"{DOC} prints no `def train_loop(` block"
+    assert printed[0] == inspect.getsource(train_loop), "docs/architecture.md's loop differs from the code"
