@@ -36,7 +36,7 @@ PHASES = {
     "generation_eval": "generation eval",
     "evaluate": "evaluation",
     "save_to": "checkpointing",
-    "stop_on_signal": "checkpointing on stop",
+    "on_stop": "checkpointing on stop",
 }
 """Function names that mark a phase, and how the stop line calls it."""
 
