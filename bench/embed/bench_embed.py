@@ -1,22 +1,26 @@
-"""Arctic's embed training against sentence-transformers' MultipleNegativesRankingLoss: one run, one machine.
+"""Arctic's embed training against sentence-transformers: one run, one machine, one model folder.
 
-Both sides train the same BERT-shaped encoder (saved once, same initial weights) on the same
-pre-batched steps (Arctic reads them in place; the loop reads the same stored batches in the same
-order) with AdamW (lr 5e-4, no weight decay, constant LR, gradient clipping 1.0), fp32.
+The model is a BERT-shaped encoder (random init) saved once **by sentence-transformers** with
+mean pooling, as a published model is; Arctic's recipes set only its path (the folder gives the
+pooling), and sentence-transformers loads the same folder. Both sides read the same pre-batched
+steps in the same order, with AdamW (lr 5e-4, no weight decay, constant LR, gradient clipping
+1.0), fp32. Texts vary in length (documents 6-30 words, queries 2-6 of their words).
 
-The other side is sentence-transformers itself, in a plain training loop: a `SentenceTransformer`
-(Transformer + mean Pooling) on the same folder, `MultipleNegativesRankingLoss` on (anchor,
-positive, hard negative) triplets (cosine similarity x scale 20 between every query and every
-positive and negative of the batch, cross-entropy with the query's own positive as the target),
-and `CachedMultipleNegativesRankingLoss` (GradCache, mini-batches of 64) for the large batch. Arctic runs
-`use_in_batch_negatives = true` at temperature 0.05 (= 1 / 20), the same loss; the first step's
-losses agree. Each configuration runs in its own process, so peak resident memory is its own
-(it includes the process's imports, about the same for both sides).
+The other side is sentence-transformers itself, in a plain training loop:
+`MultipleNegativesRankingLoss` on (anchor, positive, hard negative) triplets (cosine similarity x
+scale 20 between every query and every positive and negative of the batch, cross-entropy with the
+query's own positive as the target), and `CachedMultipleNegativesRankingLoss` (GradCache). Arctic
+runs `use_in_batch_negatives = true` at temperature 0.05 (= 1 / 20), the same loss. Each
+configuration runs in its own process, so peak resident memory is its own (it includes the
+process's imports, about the same for both sides).
 
-Two global batches: a small one (both sides, plus held-out nDCG@10 after training) and a larger
-one, where Arctic's memory-bounded mode (`embed_chunk_size`: checkpointed encoder chunks, GradCache's
-effect; `loss_chunk_size`: the chunked analytic InfoNCE) is compared with both sides computing
-everything at once and with CachedMultipleNegativesRankingLoss.
+Small batch (held-out nDCG@10 after training, the same steps): MNRL, CachedMNRL, Arctic, and
+Arctic+mined: `arctic embed mine` with the untouched folder as its own teacher over the training
+queries and documents (one mined negative per query instead of the random one), then Arctic on
+the mined pre-batched steps. Large batch: Arctic's memory-bounded mode (`embed_chunk_size`:
+checkpointed encoder chunks, longest rows first, each chunk cut to its own longest row;
+`loss_chunk_size`: the chunked analytic InfoNCE) against computing everything at once and
+against CachedMultipleNegativesRankingLoss.
 
     uv run python bench/embed/bench_embed.py [--steps 60] [--batch 32] [--big-batch 1024]
 """
@@ -48,9 +52,10 @@ ENCODER = {  # bert-tiny's shape: 2 layers, hidden 128 (about 0.5M parameters wi
 }
 LR = 5e-4
 WARMUP_STEPS = 1
-CACHED_MINI_BATCH = 64  # CachedMultipleNegativesRankingLoss's mini-batch for the large batch
+CHUNK = {"small": 8, "big": 64}  # CachedMNRL's mini-batch, Arctic's embed_chunk_size
 SCALE = 20.0  # MultipleNegativesRankingLoss's default; Arctic's temperature 1 / SCALE
-DOC_WORDS, QUERY_WORDS = 12, 4
+DOC_WORDS, QUERY_WORDS = (6, 30), (2, 6)  # ranges
+MAX_LENGTH = 256  # the folder's max_seq_length: above every text's length
 
 
 WORDS = (  # the vocabulary of the quickstart's synthetic task
@@ -62,19 +67,43 @@ WORDS = (  # the vocabulary of the quickstart's synthetic task
 
 
 def _rows(count: int, seed: int) -> list[dict]:
-    """A document is DOC_WORDS random words; its query QUERY_WORDS of them; one random hard negative."""
+    """A document is 6-30 random words; its query 2-6 of them; one random negative document."""
     rng, words = random.Random(seed), WORDS
     rows = []
     for _ in range(count):
-        doc = rng.sample(words, DOC_WORDS)
+        doc = rng.sample(words, rng.randint(*DOC_WORDS))
         rows.append(
             {
-                "query": " ".join(rng.sample(doc, QUERY_WORDS)),
+                "query": " ".join(rng.sample(doc, min(len(doc), rng.randint(*QUERY_WORDS)))),
                 "positive": " ".join(doc),
-                "negative": " ".join(rng.sample(words, DOC_WORDS)),
+                "negative": " ".join(rng.sample(words, rng.randint(*DOC_WORDS))),
             }
         )
     return rows
+
+
+def write_beir(folder: Path, rows: list[dict], split: str) -> None:
+    """Queries, their positives as the corpus, and qrels (one positive each)."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": r["positive"]}) + "\n" for i, r in enumerate(rows))
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": r["query"]}) + "\n" for i, r in enumerate(rows))
+    )
+    qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in range(len(rows))]
+    (folder / "qrels" / f"{split}.tsv").write_text("\n".join(qrels) + "\n")
+
+
+def save_published(encoder: Path, out: Path) -> None:
+    """The encoder as sentence-transformers saves a published model: Transformer + mean Pooling."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    transformer = Transformer(str(encoder), max_seq_length=MAX_LENGTH)
+    transformer.tokenizer.pad_token = transformer.tokenizer.eos_token  # the shipped tokenizer has none
+    model = SentenceTransformer(modules=[transformer, Pooling(ENCODER["hidden_size"], "mean")], device="cpu")
+    model.save(str(out))
 
 
 def prepare(folder: Path, *, steps: int, batch: int, big_batch: int, big_steps: int) -> None:
@@ -89,31 +118,25 @@ def prepare(folder: Path, *, steps: int, batch: int, big_batch: int, big_steps: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModel.from_config(BertConfig(vocab_size=len(tok), **ENCODER))
-    model.save_pretrained(folder / "model")
-    save_tokenizer_files(folder / "model")
+    model.save_pretrained(folder / "encoder")
+    save_tokenizer_files(folder / "encoder")
+    save_published(folder / "encoder", folder / "model")
 
     def ids(texts: list[str]) -> list[list[int]]:
         return tok(texts, add_special_tokens=True)["input_ids"]
 
+    trained: list[dict] = []
     for name, count, size in (("small", steps, batch), ("big", big_steps, big_batch)):
         for b in range(count):
             rows = _rows(size, seed=1000 * size + b)
+            trained += rows if name == "small" else []
             docs = [r["positive"] for r in rows] + [r["negative"] for r in rows]
             relations = [(i, i, 1) for i in range(size)] + [(i, size + i, -1) for i in range(size)]
             write_stored_batch(
                 folder / name / f"batch_{b:08d}", ids([r["query"] for r in rows]), ids(docs), relations
             )
-    held = _rows(200, seed=7)
-    beir = folder / "heldout"
-    (beir / "qrels").mkdir(parents=True)
-    (beir / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": f"d{i}", "text": r["positive"]}) + "\n" for i, r in enumerate(held))
-    )
-    (beir / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": f"q{i}", "text": r["query"]}) + "\n" for i, r in enumerate(held))
-    )
-    qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in range(len(held))]
-    (beir / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    write_beir(folder / "train-beir", trained, "train")  # what `mine` searches: the training pairs
+    write_beir(folder / "heldout", _rows(200, seed=7), "test")
 
 
 def run_arctic(folder: Path, name: str, data: str, steps: int, *, bounded: bool, evaluate: bool) -> dict:
@@ -127,12 +150,11 @@ train_iters = {steps}
 seed = 0
 loss_temperature = {1 / SCALE}
 use_in_batch_negatives = true
-embed_chunk_size = {64 if bounded else 0}
+embed_chunk_size = {CHUNK["big"] if bounded else 0}
 loss_chunk_size = {128 if bounded else 100000}
 [model]
 name_or_path = "{folder / "model"}"
 dtype = "fp32"
-pooling = "mean"
 disable_activation_checkpoint = true
 [data]
 root_directory = "{folder / data}"
@@ -146,9 +168,11 @@ warmup_ratio = 0.0
 output_dir = "{out}"
 progress_bar = false
 """
-        + (f'[retrieval_eval]\npath = "{folder / "heldout"}"\nmax_length = 64\n' if evaluate else "")
+        + (f'[retrieval_eval]\npath = "{folder / "heldout"}"\n' if evaluate else "")
     )
     subprocess.run([sys.executable, "-m", "arctic_core", "train", str(recipe)], check=True)
+    sources = (out / "recipe.yaml").read_text() if (out / "recipe.yaml").exists() else ""
+    assert "pooling: mean" in sources or not sources, "the folder's mean pooling was not used"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").open()]
     timed = lines[WARMUP_STEPS:]
     result = {
@@ -171,7 +195,6 @@ def loop_worker(folder: Path, data: str, steps: int, evaluate: bool, cached: boo
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
     )
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoTokenizer
 
     from arctic_embed.config import RetrievalEvalConfig
@@ -179,12 +202,9 @@ def loop_worker(folder: Path, data: str, steps: int, evaluate: bool, cached: boo
     from arctic_embed.retrieval import evaluate_folder
 
     torch.manual_seed(0)
-    transformer = Transformer(str(folder / "model"))
-    model = SentenceTransformer(
-        modules=[transformer, Pooling(ENCODER["hidden_size"], "mean")], device="cpu"
-    ).train()
+    model = SentenceTransformer(str(folder / "model"), device="cpu", local_files_only=True).train()
     loss_fn = (
-        CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=CACHED_MINI_BATCH)
+        CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=CHUNK[data])
         if cached
         else MultipleNegativesRankingLoss(model, scale=SCALE)
     )
@@ -219,9 +239,9 @@ def loop_worker(folder: Path, data: str, steps: int, evaluate: bool, cached: boo
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     if evaluate:
-        settings = RetrievalEvalConfig(path=str(folder / "heldout"), max_length=64)
+        settings = RetrievalEvalConfig(path=str(folder / "heldout"), max_length=MAX_LENGTH)
         tokenizer = AutoTokenizer.from_pretrained(folder / "model")
-        encoder = transformer.model.eval()  # the Hugging Face model inside, scored by the same evaluator
+        encoder = model[0].auto_model.eval()  # the Hugging Face model inside, scored by the same evaluator
         result["ndcg@10"] = evaluate_folder(encoder, tokenizer, settings, pooling="mean")["ndcg@10"]
     print("RESULT " + json.dumps(result))
 
@@ -234,6 +254,33 @@ def run_loop(folder: Path, data: str, steps: int, *, evaluate: bool, cached: boo
         command.append("--cached")
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def mine(folder: Path, batch: int) -> dict:
+    """`arctic embed mine` with the untouched folder as its own teacher: one negative per training query."""
+    out = folder / "mined"
+    start = time.perf_counter()
+    command = [
+        sys.executable,
+        "-m",
+        "arctic_core",
+        "embed",
+        "mine",
+        str(folder / "model"),
+        str(folder / "train-beir"),
+        str(out),
+    ]
+    # margin 1.0: the hardest document scoring below the positive (the synthetic set has no
+    # false negatives; the untouched encoder's cosines crowd near 1, so 0.95 x positive keeps none)
+    command += ["--num-negatives", "1", "--margin", "1.0", "--queries-per-batch", str(batch)]
+    command += ["--max-length", str(MAX_LENGTH)]
+    subprocess.run(command, check=True)
+    kept = sum(1 for _ in (out / "triplets.jsonl").open())
+    return {
+        "seconds": time.perf_counter() - start,
+        "queries": kept,
+        "batches": len(list((out / "batches").iterdir())),
+    }
 
 
 def main() -> None:
@@ -259,12 +306,19 @@ def main() -> None:
             folder, steps=args.steps, batch=args.batch, big_batch=args.big_batch, big_steps=args.big_steps
         )
         small, big = args.batch, args.big_batch
+        mined = mine(folder, small)
         results = {
+            f"sentence-transformers MNRL, batch {small}": run_loop(
+                folder, "small", args.steps, evaluate=True
+            ),
+            f"sentence-transformers CachedMNRL, batch {small}": run_loop(
+                folder, "small", args.steps, evaluate=True, cached=True
+            ),
             f"arctic, batch {small}": run_arctic(
                 folder, "small", "small", args.steps, bounded=False, evaluate=True
             ),
-            f"sentence-transformers MNRL, batch {small}": run_loop(
-                folder, "small", args.steps, evaluate=True
+            f"arctic + mined negatives, batch {small}": run_arctic(
+                folder, "mined", "mined/batches", args.steps, bounded=False, evaluate=True
             ),
             f"arctic, batch {big}": run_arctic(
                 folder, "big", "big", args.big_steps, bounded=False, evaluate=False
@@ -279,14 +333,21 @@ def main() -> None:
                 folder, "big", args.big_steps, evaluate=False, cached=True
             ),
         }
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; fp32; encoder "
-        f"BERT {ENCODER['num_hidden_layers']} layers x {ENCODER['hidden_size']}; each query has 1 positive "
-        f"+ 1 hard negative ({DOC_WORDS}-word documents); {args.steps} steps at batch {small}, "
-        f"{args.big_steps} at {big}; s/step: median after {WARMUP_STEPS} warm-up steps"
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{load:.1f} at the end; fp32; encoder BERT {ENCODER['num_hidden_layers']} layers x "
+        f"{ENCODER['hidden_size']} saved by sentence-transformers with mean pooling; each query has 1 "
+        f"positive + 1 negative (random, or mined); {args.steps} steps at batch {small}, {args.big_steps} "
+        f"at {big}; CachedMNRL mini-batch / Arctic embed_chunk_size {CHUNK['small']} and {CHUNK['big']}; "
+        f"s/step: median after {WARMUP_STEPS} warm-up steps"
     )
-    print(f"held-out nDCG@10 of the initial encoder: {results[f'arctic, batch {small}']['ndcg_before']:.4f}")
-    print("\n| run | s/step | queries/s | peak RSS GB | first loss | last loss | nDCG@10 after |")
+    print(
+        f"mined: {mined['queries']} of {small * args.steps} training queries kept a negative, "
+        f"{mined['batches']} batches, {mined['seconds']:.1f} s (the arctic + mined row cycles over them)"
+    )
+    print(f"held-out nDCG@10 of the untouched folder: {results[f'arctic, batch {small}']['ndcg_before']:.4f}")
+    print("\n| run | s/step | samples/s | peak RSS GB | first loss | last loss | nDCG@10 after |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         queries = small if f"batch {small}" in name else big

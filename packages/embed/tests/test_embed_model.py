@@ -42,8 +42,11 @@ def test_checkpointed_chunks_give_the_same_embeddings_and_gradients(encoder_dir)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 500, (7, 9), generator=g)
     mask = torch.ones_like(ids)
-    mask[2, 5:] = 0
+    for row, length in enumerate([9, 3, 5, 2, 9, 4, 3]):  # uneven lengths, out of order
+        mask[row, length:] = 0
     weights = torch.randn(7, 64, generator=g)
+    widths: list[int] = []
+    hook = model.embeddings.register_forward_hook(lambda m, args, out: widths.append(out.shape[1]))
 
     def grads(chunk):
         model.zero_grad()
@@ -52,8 +55,12 @@ def test_checkpointed_chunks_give_the_same_embeddings_and_gradients(encoder_dir)
         return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     whole, g_whole = grads(0)
+    widths.clear()
     chunked, g_chunked = grads(3)
-    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-5)
+    hook.remove()
+    # longest rows first, each chunk cut to its own longest (forward; the backward recomputes in reverse)
+    assert widths == [9, 4, 2, 2, 4, 9]
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-5)  # and back in the rows' order
     assert len(g_whole) == len(g_chunked) > 0
     for a, b in zip(g_chunked, g_whole):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

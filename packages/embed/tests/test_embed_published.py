@@ -7,6 +7,7 @@ pooling, a query and a document prompt, a Normalize module); the recipe sets onl
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -202,3 +203,87 @@ def test_a_run_made_worse_reports_the_drop(st_folders, tmp_path):
     assert "made retrieval worse" in after["warning"] and f"{before['ndcg@10']:.4f}" in after["warning"]
     log = (tmp_path / "run" / "logs").glob("*")
     assert any("made retrieval worse" in p.read_text() for p in log if p.is_file())
+
+
+HUB_ID = "published/minilm-mean"  # a hub id this test's empty cache has never seen
+
+
+def _fake_hub(folder: Path, calls: list[tuple[str, str | None]], *, unreachable: bool = False):
+    """`hf_hub_download` serving `folder` as the hub repo HUB_ID (404 for what it lacks), or down."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, Response
+
+    http = importlib.import_module(Response.__module__.split(".")[0])  # httpx, or hf's fork of it
+
+    def download(repo_id, filename, *, revision=None, **_):
+        assert repo_id == HUB_ID
+        calls.append((filename, revision))
+        if unreachable:  # what hf_hub_download raises on a connection error with nothing cached
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+        path = folder / filename
+        if not path.is_file():
+            url = f"https://huggingface.co/{repo_id}/resolve/{revision}/{filename}"
+            response = Response(404, request=http.Request("HEAD", url))
+            raise RemoteEntryNotFoundError(f"404 Entry Not Found: {filename}", response=response)
+        return str(path)
+
+    return download
+
+
+def test_a_hub_id_not_yet_cached_resolves_from_the_hub_folder_at_training_time(
+    st_folders, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+    from huggingface_hub import constants
+
+    from arctic_core.cli import cli
+    from arctic_embed.folder import HubUnreachable
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    calls: list[tuple[str, str | None]] = []
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", _fake_hub(st_folders["mean"], calls))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'type = "embed"\nuse_in_batch_negatives = true\n[model]\nname_or_path = "{HUB_ID}"\n'
+        f'revision = "v1"\n[data]\nsources = ["{st_folders["data"]}"]\n'
+    )
+    # config show: offline, no download; the folder's keys are said to come at training time
+    shown = CliRunner().invoke(cli, ["config", "show", str(recipe)])
+    assert shown.exit_code == 0, shown.output
+    assert calls == [] and "pooling: null" in shown.output and "pooling: first_token" not in shown.output
+    assert f"#   model.pooling: the hub folder of {HUB_ID}, read at training time" in shown.output
+
+    # training's resolve step fetches the small files (at the recipe's revision): mean pooling
+    trainer = load_recipe(str(recipe)).trainer_class()(load_recipe(str(recipe)).config)
+    trainer.resolve_recipe()
+    config = trainer.config
+    assert (config.model.pooling, config.model.normalize) == ("mean", True)
+    assert (config.data.query_prefix, config.data.document_prefix) == ("query: ", "passage: ")
+    assert config.data.max_seq_length_query == 64 and config.retrieval_eval.max_length == 64
+    assert trainer.config_sources["model.pooling"] == "1_Pooling/config.json"
+    assert ("biencoder_config.json", "v1") in calls  # asked for, a 404, read as absent
+    assert {revision for _, revision in calls} == {"v1"}
+
+    # the hub unreachable: an error naming the model, unless the recipe sets every key
+    monkeypatch.setattr(
+        "huggingface_hub.hf_hub_download", _fake_hub(st_folders["mean"], calls, unreachable=True)
+    )
+    monkeypatch.setattr("arctic_embed.folder._offline", lambda: False)  # the tests run offline
+    with pytest.raises(HubUnreachable, match=f"'{HUB_ID}'.*model.pooling"):
+        resolve(load_recipe(str(recipe)).config, fetch=True)
+    explicit = [
+        "model.pooling=mean",
+        "model.normalize=true",
+        "data.query_prefix=q",
+        "data.document_prefix=d",
+        "data.max_seq_length_query=32",
+        "data.max_seq_length_doc=32",
+    ]
+    loaded = load_recipe(str(recipe), explicit)
+    res = resolve(loaded.config, fetch=True)
+    assert res.config.model.pooling == "mean" and res.config.data.max_seq_length_doc == 32
+    assert any("used unchecked" in warning for warning in res.warnings)
+    # under offline mode (HF_HUB_OFFLINE=1), a file the cache lacks is read as absent, with a note
+    monkeypatch.setattr("arctic_embed.folder._offline", lambda: True)
+    res = resolve(load_recipe(str(recipe)).config, fetch=True)
+    assert res.config.model.pooling == "first_token" and res.sources["model.pooling"] == "default"
+    assert any("offline mode and modules.json is not in the cache" in note for note in res.warnings)

@@ -23,13 +23,15 @@ def _load(model: str, pooling: str | None) -> tuple[Any, Any, str, dict[str, str
     from transformers import AutoModel, AutoTokenizer
 
     from arctic_embed.config import POOLING_ALIASES
-    from arctic_embed.export import read_prompts
-    from arctic_embed.modeling import read_pooling
+    from arctic_embed.folder import read_folder
 
     module = AutoModel.from_pretrained(model)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    chosen = POOLING_ALIASES[pooling] if pooling else read_pooling(model)
-    return module, tokenizer, chosen, read_prompts(model)
+    found = read_folder(model, fetch=True)  # a hub id's folder files too, cached or not
+    declared = found.pooling.value if found.pooling is not None else "first_token"
+    chosen = POOLING_ALIASES[pooling] if pooling else str(declared)
+    pairs = (("query", found.query_prompt), ("document", found.document_prompt))
+    return module, tokenizer, chosen, {name: str(v.value) for name, v in pairs if v is not None}
 
 
 def _prefixes(prompts: dict[str, str], query: str | None, document: str | None) -> tuple[str, str]:

@@ -65,20 +65,27 @@ def embed_texts(
 ) -> torch.Tensor:
     """Pooled embeddings of every row, `chunk_size` rows per encoder call (0: one call).
 
-    With gradients enabled and chunking on, each chunk runs under non-reentrant activation
-    checkpointing (its RNG state preserved, so dropout recomputes identically).
+    Chunked, the rows go through the encoder longest first and each chunk is cut to its own
+    longest row (`trim_padding`), so a chunk of short texts does not pay for the batch's longest;
+    the embeddings come back in the rows' order. With gradients enabled, each chunk runs under
+    non-reentrant activation checkpointing (its RNG state preserved, so dropout recomputes
+    identically).
     """
     rows = input_ids.shape[0]
     if chunk_size <= 0 or chunk_size >= rows:
         return encode(encoder, input_ids, attention_mask, pooling)
+    order = torch.argsort(attention_mask.sum(dim=1), descending=True, stable=True)
+    input_ids, attention_mask = input_ids[order], attention_mask[order]
     parts = []
     for start in range(0, rows, chunk_size):
-        ids, mask = input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size]
+        ids, mask = trim_padding(
+            input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size]
+        )
         if not torch.is_grad_enabled():
             parts.append(encode(encoder, ids, mask, pooling))
             continue
         parts.append(checkpoint(encode, encoder, ids, mask, pooling, use_reentrant=False))
-    return torch.cat(parts)
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,6 +60,15 @@ class EmbedTrainer(Trainer[EmbedConfig]):
         found = resolve(config)
         return found.config, found.sources, found.warnings
 
+    def resolve_recipe(self) -> None:
+        """Core's step, with a hub id's folder files fetched: a run reads what the hub folder declares
+        even before it is cached (`resolve_config`, for `arctic config show`, stays offline)."""
+        from arctic_embed.folder import resolve
+
+        found = resolve(self.config, fetch=True)
+        self.config, self.config_sources = found.config, found.sources
+        self.preflight_warnings = [*getattr(self, "preflight_warnings", []), *found.warnings]
+
     @property
     def auto_model_class(self) -> Any:  # type: ignore[override]
         from transformers import AutoModel
