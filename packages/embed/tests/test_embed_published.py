@@ -252,9 +252,12 @@ def test_a_hub_id_not_yet_cached_resolves_from_the_hub_folder_at_training_time(
     assert calls == [] and "pooling: null" in shown.output and "pooling: first_token" not in shown.output
     assert f"#   model.pooling: the hub folder of {HUB_ID}, read at training time" in shown.output
 
-    # training's resolve step fetches the small files (at the recipe's revision): mean pooling
+    # training's resolve step (core's setup step `recipe`) fetches the small files (at the
+    # recipe's revision): mean pooling
+    from arctic_core.engine import setup
+
     trainer = load_recipe(str(recipe)).trainer_class()(load_recipe(str(recipe)).config)
-    trainer.resolve_recipe()
+    setup.recipe(trainer)
     config = trainer.config
     assert (config.model.pooling, config.model.normalize) == ("mean", True)
     assert (config.data.query_prefix, config.data.document_prefix) == ("query: ", "passage: ")

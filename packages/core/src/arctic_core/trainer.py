@@ -87,11 +87,14 @@ class Trainer(Generic[ConfigT]):
         return iter(())
 
     @classmethod
-    def resolve_config(cls, config: TrainerConfig) -> tuple[TrainerConfig, dict[str, str], list[str]]:
+    def resolve_config(
+        cls, config: TrainerConfig, *, fetch: bool = False
+    ) -> tuple[TrainerConfig, dict[str, str], list[str]]:
         """Set the recipe's unset keys whose values come from the model's own folder (an embedding
         model's pooling, say): the config with them set, where each came from (key path -> file or
-        "default") and warnings to log once. Runs before anything is built, and in `arctic config
-        show`. Default: the config unchanged."""
+        "default") and warnings to log once. Runs before anything is built (`fetch=True`: a run may
+        download a hub model's small folder files) and in `arctic config show` (`fetch=False`: no
+        side effects, local folders and the cache only). Default: the config unchanged."""
         return config, {}, []
 
     @classmethod

@@ -53,21 +53,14 @@ class EmbedTrainer(Trainer[EmbedConfig]):
     }
 
     @classmethod
-    def resolve_config(cls, config: Any) -> tuple[Any, dict[str, str], list[str]]:
-        """Unset pooling, normalisation, prompts and lengths from the model folder (`arctic_embed.folder`)."""
+    def resolve_config(cls, config: Any, *, fetch: bool = False) -> tuple[Any, dict[str, str], list[str]]:
+        """Unset pooling, normalisation, prompts and lengths from the model folder (`arctic_embed.folder`);
+        with `fetch` (a run), a hub id's folder files are downloaded first, so a run reads what the hub
+        folder declares even before it is cached (`arctic config show` stays offline)."""
         from arctic_embed.folder import resolve
 
-        found = resolve(config)
+        found = resolve(config, fetch=fetch)
         return found.config, found.sources, found.warnings
-
-    def resolve_recipe(self) -> None:
-        """Core's step, with a hub id's folder files fetched: a run reads what the hub folder declares
-        even before it is cached (`resolve_config`, for `arctic config show`, stays offline)."""
-        from arctic_embed.folder import resolve
-
-        found = resolve(self.config, fetch=True)
-        self.config, self.config_sources = found.config, found.sources
-        self.preflight_warnings = [*getattr(self, "preflight_warnings", []), *found.warnings]
 
     @property
     def auto_model_class(self) -> Any:  # type: ignore[override]

@@ -76,7 +76,9 @@ def resume_point(trainer: Trainer) -> None:
 def recipe(trainer: Trainer) -> None:
     """The recipe's unset model-dependent keys set by the method (`resolve_config`: an embedding
     model's pooling from its folder, say); their warnings are logged with the run's."""
-    trainer.config, trainer.config_sources, warnings = type(trainer).resolve_config(trainer.config)
+    trainer.config, trainer.config_sources, warnings = type(trainer).resolve_config(
+        trainer.config, fetch=True
+    )
     trainer.preflight_warnings.extend(warnings)
 
 
