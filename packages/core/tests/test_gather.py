@@ -182,7 +182,7 @@ def held_out_pairs(count: int) -> list[tuple[list[dict[str, str]], str]]:
     pairs = []
     for i in range(count):
         prompt = [{"role": "user", "content": f"What is {i} + {2 * i + 1}?"}]
-        inputs = evals._left_padded(tokenizer, [prompt], stops[0])
+        inputs = evals.left_padded(tokenizer, [prompt], stops[0])
         with torch.no_grad():
             output = model.generate(
                 **inputs, max_new_tokens=4, do_sample=False, eos_token_id=stops, pad_token_id=stops[0]
