@@ -1,6 +1,6 @@
 """A run's setup, as named steps: each a function of the trainer, run once, in `STEPS` order.
 
-    distributed -> resume_point -> recipe -> run_folder -> tokenizer -> data -> loaders -> model
+    distributed -> recipe -> resume_point -> run_folder -> tokenizer -> data -> loaders -> model
     -> optimizer -> scheduler -> engine -> checkpoints -> restore
 
 Each step reads what the steps before it set on the trainer and sets its own part. The steps
@@ -246,8 +246,8 @@ def restore(trainer: Trainer) -> None:
 
 STEPS: tuple[Callable[[Trainer], None], ...] = (
     distributed,
+    recipe,  # before resume_point: the checkpoint's recipe is compared with the resolved one
     resume_point,
-    recipe,
     run_folder,
     tokenizer,
     data,
