@@ -36,7 +36,7 @@ def _recipe_path(ctx: click.Context, _: Any, value: str) -> str:
 
 def recipe_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
-    return click.argument("recipe", type=click.Path(dir_okay=False), callback=_recipe_path)(func)
+    return click.argument("recipe", type=click.Path(), callback=_recipe_path)(func)
 
 
 def recipes_command(method: str) -> click.Command:

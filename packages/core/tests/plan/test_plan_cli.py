@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from arctic_core.recipe.bundled import find_recipe
 
 ARCTIC = [sys.executable, "-m", "arctic_core"]
@@ -53,6 +55,7 @@ def test_bad_hardware_exits_2_naming_the_presets() -> None:
 
 
 def test_method_group_plans_a_bundled_recipe_by_name_from_any_folder(tmp_path: Path) -> None:
+    (tmp_path / "dpo-tiny").mkdir()  # a run folder named like the recipe must not hide it
     result = subprocess.run(
         [*ARCTIC, "dpo", "plan", "dpo-tiny", "--hardware", "1xH100"],
         capture_output=True,
@@ -63,3 +66,11 @@ def test_method_group_plans_a_bundled_recipe_by_name_from_any_folder(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert "reference forward (no grad)" in result.stdout  # the dpo method's own term
     assert "fits" in result.stdout
+
+
+def test_a_folder_given_as_the_recipe_is_named_as_a_folder(tmp_path: Path) -> None:
+    from arctic_core.errors import RecipeError
+
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(RecipeError, match="is a folder, not a recipe file"):
+        find_recipe(str(tmp_path / "runs"), "sft")

@@ -81,11 +81,16 @@ def describe(path: Path) -> str:
 
 
 def find_recipe(value: str, method: str | None = None) -> str:
-    """`value` when it is a file, else the bundled recipe of that name (of `method`, or of any method)."""
+    """`value` when it is a file, else the bundled recipe of that name (of `method`, or of any method).
+
+    A folder that happens to share a bundled recipe's name (a `quickstart/` run folder in the
+    working directory, say) does not hide the bundled recipe.
+    """
     from arctic_core import plugins
     from arctic_core.errors import RecipeError
 
-    if Path(value).exists() or "/" in value or Path(value).suffix in RECIPE_SUFFIXES:
+    path = Path(value)
+    if path.is_file() or (not path.is_dir() and ("/" in value or path.suffix in RECIPE_SUFFIXES)):
         return value
     methods = [method] if method else plugins.method_names()
     matches = [(m, recipes[value]) for m in methods if value in (recipes := method_recipes(m))]
@@ -94,6 +99,8 @@ def find_recipe(value: str, method: str | None = None) -> str:
     if len(matches) > 1:
         options = ", ".join(f"`arctic {m} train {value}`" for m, _ in matches)
         raise RecipeError(f"several methods bundle a recipe named {value!r}: use {options}", source=value)
+    if path.is_dir():
+        raise RecipeError("is a folder, not a recipe file (give the recipe file inside it)", source=value)
     names = sorted({name for m in methods for name in method_recipes(m)})
     listed = f"; bundled recipes: {', '.join(names)}" if names else ""
     where = f"`arctic {method} recipes`" if method else "`arctic <method> recipes`"
