@@ -26,6 +26,7 @@ an unknown card, or in fp32, the peak is unknown and MFU is left out, not guesse
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -195,10 +196,11 @@ def peak_tflops(device: torch.device, dtype: str) -> float | None:
 
 
 def peak_of_name(name: str) -> float | None:
-    """The peak of the first `PEAK_TFLOPS` entry whose words all appear in a device name."""
-    upper = name.upper()
+    """The peak of the first `PEAK_TFLOPS` entry whose words are all words of a device name
+    ("NVIDIA A100-SXM4-80GB" is A100; an L40S is not an L4)."""
+    words = set(re.split(r"[^A-Z0-9]+", name.upper()))
     for key, peak in PEAK_TFLOPS.items():
-        if all(word in upper for word in key.split()):
+        if all(word in words for word in key.split()):
             return peak
     return None
 
