@@ -34,12 +34,10 @@ def write_status(run_dir: str | Path, exc: BaseException | None, step: int) -> N
     """Record how the run in `run_dir` ended (atomic replace; never raises: the run's own error wins)."""
     from arctic_core.stops import stop_line
 
-    record: dict[str, Any] = {
-        "status": ending(exc),
-        "step": int(step),
-        "line": stop_line(exc)[0] if exc is not None else f"arctic: finished after step {step}",
-        "ended": time.time(),
-    }
+    line = f"arctic: finished after step {step}"
+    if exc is not None:  # an unexpected error's line points at its traceback: keep its message instead
+        line = stop_line(exc)[0].replace(" (traceback above)", f": {exc}")
+    record: dict[str, Any] = {"status": ending(exc), "step": int(step), "line": line, "ended": time.time()}
     path = Path(run_dir) / STATUS_FILE
     try:
         temp = path.with_name(f".{STATUS_FILE}.tmp")

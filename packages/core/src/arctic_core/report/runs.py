@@ -142,7 +142,7 @@ def status_of(path: Path, records: list[dict[str, Any]]) -> tuple[str, str]:
     recorded = read_status(path)
     if recorded is not None:
         status, step = str(recorded.get("status", "unknown")), recorded.get("step", last)
-        line = str(recorded.get("line", "")).removeprefix("arctic: ")
+        line = str(recorded.get("line", "")).removeprefix("arctic: ").removeprefix("stopped: ")
         return status, f"step {step}" if status == "finished" else f"step {step}: {line}"
     if holder is not None:
         return "failed", f"step {last}: its process is gone ({runlock.describe(holder)})"
