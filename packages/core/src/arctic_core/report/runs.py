@@ -137,7 +137,7 @@ def status_of(path: Path, records: list[dict[str, Any]]) -> tuple[str, str]:
     """(status, detail) of a run folder; detail says the step reached or why."""
     last = records[-1]["step"] if records else 0
     holder = runlock.read_lock(path)
-    if holder is not None and not runlock._stale(holder):
+    if holder is not None and runlock.is_live(holder):
         return "running", f"at step {last}"
     recorded = read_status(path)
     if recorded is not None:
