@@ -29,6 +29,8 @@ from arctic_core.cli import main
 from arctic_core.engine.flops import FlopsCounter
 from arctic_core.engine.runlock import LOCK_FILE, RunLock
 
+pytestmark = pytest.mark.slow  # four short training runs (26 s wall, 2-core CPU under load)
+
 QUICKSTART = Path(__file__).parents[1] / "packages" / "sft" / "recipes" / "quickstart.toml"
 STEPS = 12
 
