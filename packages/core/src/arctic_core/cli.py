@@ -1,6 +1,6 @@
 """The `arctic` command.
 
-Built-in commands (`train`, `config`, `plugins`, `data`) plus one command group per
+Built-in commands (`train`, `config`, `plugins`, `data`, `runs`, `report`) plus one command group per
 installed method (`arctic sft train ...`), discovered lazily: `arctic --help` imports only
 the plugins' light modules, never torch. Errors become a one-line message and an exit
 code: 2 for a bad recipe or bad usage, 1 for a failure while running.
@@ -327,6 +327,62 @@ def plan_command(method: str | None) -> click.Command:
 
 
 cli.add_command(plan_command(None))
+
+
+@cli.command("runs")
+@click.argument("folder", default="runs", type=click.Path(file_okay=False))
+def runs_command(folder: str) -> None:
+    """List the runs under FOLDER (default runs/): method, status, steps, eval, tokens, wall time, checkpoints.
+
+    Status: running (a live process holds the folder's lock), finished, stopped or failed (as the
+    run recorded it in status.json), with the step reached.
+    """
+    from arctic_core.report.runs import find_runs, load_run, table
+
+    found = [load_run(path) for path in find_runs(folder)]
+    if not found:
+        click.echo(f"no runs in {folder}")
+        return
+    for line in table(found):
+        click.echo(line)
+
+
+@cli.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--output", "-o", default="report.html", show_default=True, help="Where to write the HTML page."
+)
+@click.option("--text", is_flag=True, help="Draw compact curves in the terminal instead (80 columns).")
+@click.option(
+    "--peak-tflops",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The device's peak TFLOPS: MFU = tflops / this (else the mfu the run wrote on a known GPU).",
+)
+def report_command(runs: tuple[str, ...], output: str, text: bool, peak_tflops: float | None) -> None:
+    """Plot one or more RUNS (run folders) side by side: one self-contained HTML page, or --text.
+
+    Curves of every metric the runs wrote (loss and eval loss, the method's metrics, learning
+    rate, grad norm, tokens/s, TFLOPS, MFU, memory), the recipe keys that differ between the
+    runs, each resolved recipe, and verify.json / plan.json when present. Needs matplotlib
+    (pip install 'arctic-core[report]') for the HTML page.
+    """
+    from arctic_core.report.runs import load_run
+
+    loaded = [load_run(path) for path in runs]
+    if text:
+        from arctic_core.report.text import render as render_text
+
+        for line in render_text(loaded, peak_tflops=peak_tflops):
+            click.echo(line)
+        return
+    from pathlib import Path
+
+    from arctic_core.report.html import render as render_html
+
+    page = render_html(loaded, peak_tflops=peak_tflops)
+    Path(output).write_text(page, encoding="utf-8")
+    click.echo(f"wrote {output} ({len(loaded)} run(s); open it in a browser)")
 
 
 @cli.command("plugins")

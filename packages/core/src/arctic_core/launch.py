@@ -48,13 +48,23 @@ def run_in_process(recipe: Recipe, local_rank: int | None = None) -> None:
     the training loop a stop signal unwinds the setup and is reported with its phase (`stops`).
     """
     from arctic_core.engine.runlock import RunLock
+    from arctic_core.engine.runstatus import write_status
     from arctic_core.stops import signals_raise
 
     trainer_class = recipe.trainer_class()
-    with signals_raise(), RunLock.for_rank(recipe.config.run_dir, int(os.environ.get("RANK", "0"))):
+    rank = int(os.environ.get("RANK", "0"))
+    with signals_raise(), RunLock.for_rank(recipe.config.run_dir, rank):
         trainer = trainer_class(recipe.config, local_rank=local_rank)
         trainer.recipe_notes = recipe.notes
-        trainer.train()
+        try:
+            trainer.train()
+        except BaseException as exc:
+            if rank == 0 and trainer.log is not None:  # the run folder is this run's (setup.run_folder)
+                write_status(recipe.config.run_dir, exc, trainer.state.global_step)
+            raise
+        if rank == 0:
+            write_status(recipe.config.run_dir, None, trainer.state.global_step)
+            print(f"arctic: finished; plot the run with `arctic report {recipe.config.run_dir}`")
 
 
 def relaunch_command(

@@ -26,7 +26,7 @@ pytest_plugins = ["arctic_core.testing.fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 SUPPORT = Path(__file__).with_name("platform_support.py")
-TIMING = {"seconds", "tokens_per_s", "peak_memory_gb", "grad_norm"}
+TIMING = {"seconds", "tokens_per_s", "peak_memory_gb", "tflops", "mfu", "grad_norm"}
 
 CONTRASTIVE = """
 type = "contrastive_test"

@@ -20,7 +20,7 @@ import torch
 
 from arctic_core.trainer import Trainer
 
-TIMING_KEYS = {"seconds", "tokens_per_s", "peak_memory_gb"}
+TIMING_KEYS = {"seconds", "tokens_per_s", "peak_memory_gb", "tflops", "mfu"}
 
 
 class ResumeTestTrainer(Trainer):

@@ -256,6 +256,7 @@ def train_step(trainer: Trainer, micro_batches: list[dict[str, Any]]) -> dict[st
     start = time.perf_counter()
     step, engine = trainer.state.global_step + 1, trainer.engine
     engine.train()
+    trainer.metrics.count_flops(micro_batches)
     batches = [trainer.prepare_batch(to_device(b, trainer.device)) for b in micro_batches]
     weights = [check_weight(trainer.micro_batch_weight(b), f"step {step}") for b in batches]
     (total,) = distributed.all_reduce_sum([sum(weights)])
@@ -354,6 +355,7 @@ def start_run(trainer: Trainer) -> None:
         total_steps=state.total_steps,
         resume_step=state.global_step if resumed else None,
     )
+    count_flops(trainer)
     trainer.stop_request = StopRequest(trainer.log)
     trainer.stop_request.install()
     events = trainer.events
@@ -371,6 +373,21 @@ def start_run(trainer: Trainer) -> None:
         events.subscribe("train_end", lambda: trainer.generation_eval("after training"))
     trainer.features.subscribe(trainer, events)
     trainer.subscribe(events)
+
+
+def count_flops(trainer: Trainer) -> None:
+    """Give rank 0's metrics writer the model's FLOPs counter and the device's peak (TFLOPS, MFU)."""
+    from arctic_core.data.collate import pad_id_of
+    from arctic_core.engine.flops import counter_for, peak_tflops
+
+    if trainer.rank != 0:
+        return
+    try:
+        pad_id: int | None = pad_id_of(trainer.tokenizer)
+    except (AttributeError, ValueError):
+        pad_id = None
+    counter = counter_for(trainer.model, pad_id=pad_id)
+    trainer.metrics.count_flops_with(counter, peak_tflops(trainer.device, trainer.config.model.dtype))
 
 
 def end_run(trainer: Trainer) -> None:

@@ -6,7 +6,10 @@
   left. When the console is not a terminal (a log file, CI), a log line every 5% of the run
   instead, and no progress bars from datasets, transformers or the hub either.
 - Metrics: rank 0 appends one JSON object per optimizer step to `config.metrics_path`; a step
-  that evaluated also carries `eval_loss` and `eval_perplexity`. A resumed run keeps the lines
+  that evaluated also carries `eval_loss` and `eval_perplexity`. With a FLOPs counter
+  (`count_flops_with`, `arctic_core.engine.flops`) every line also has `tflops` (rank 0's model
+  TFLOPS per device: its micro-batches' training FLOPs over the step's seconds) and, on a device
+  of known peak, `mfu` (tflops / peak). A resumed run keeps the lines
   up to the checkpoint's step and appends after them. A fresh run into a folder that holds an
   earlier run first moves that run's outputs to `previous/<time>/` (`keep_previous_run`), so
   no run's results are lost.
@@ -117,7 +120,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     temp.replace(path)
 
 
-RUN_OUTPUTS = ("recipe.yaml", "generation_eval.jsonl", "logs")
+RUN_OUTPUTS = ("recipe.yaml", "generation_eval.jsonl", "logs", "status.json")
 """What a run writes into its folder besides the metrics file and checkpoints."""
 
 
@@ -158,6 +161,9 @@ class MetricsWriter:
         self.bar: Any = None
         self.wandb: Any = None
         self.tensorboard: Any = None
+        self.flops: Any = None
+        self.peak_tflops: float | None = None
+        self.step_flops = 0
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,9 +193,34 @@ class MetricsWriter:
 
             self.tensorboard = SummaryWriter(str(Path(config.run_dir) / "tensorboard"))
 
+    def count_flops_with(self, counter: Any, peak_tflops: float | None) -> None:
+        """Report `tflops` (and `mfu` against `peak_tflops`) from a `flops.FlopsCounter` (rank 0 only)."""
+        if self.enabled:
+            self.flops, self.peak_tflops = counter, peak_tflops
+
+    def count_flops(self, micro_batches: list[dict[str, Any]]) -> None:
+        """Add a step's CPU micro-batches to its FLOPs (before they move to the device: no sync)."""
+        if self.flops is None:
+            return
+        try:
+            self.step_flops += sum(self.flops.batch(batch) for batch in micro_batches)
+        except Exception as exc:  # a method's own batch layout: no TFLOPS rather than a failed run
+            log.warning("no TFLOPS in the metrics: counting this batch's FLOPs failed (%r)", exc)
+            self.flops, self.step_flops = None, 0
+
+    def _add_flops(self, record: dict[str, Any]) -> None:
+        if self.flops is None or not self.step_flops:
+            return
+        tflops = self.step_flops / max(float(record.get("seconds", 0.0)), 1e-9) / 1e12
+        record["tflops"] = tflops
+        if self.peak_tflops:
+            record["mfu"] = tflops / self.peak_tflops
+        self.step_flops = 0
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        self._add_flops(record)
         with self.path.open("a") as out:
             out.write(json.dumps(record) + "\n")
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}

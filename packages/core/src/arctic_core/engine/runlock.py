@@ -66,6 +66,11 @@ def check_free(run_dir: str | Path) -> None:
         raise _busy(Path(run_dir), holder)
 
 
+def is_live(holder: dict[str, Any]) -> bool:
+    """Whether a lock's holder may still run: a live process of this host, or any other host's."""
+    return not _stale(holder)
+
+
 def _stale(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return False
