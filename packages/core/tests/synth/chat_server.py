@@ -5,7 +5,7 @@ sampled with the request's `seed`), so the same request always gets the same ans
 counts what it answered per request, tracks the most requests in flight at once, and can be told
 to misbehave: `faults` lists what the first requests to arrive get (`(429, retry_after)`,
 `(500, None)`, `("stall", timeout)`: no answer until the client gave up after its timeout), `delay` slows every
-answer, and `hold_after = N` leaves every request after the N-th answered hanging (a client
+answer, `script` replaces the model's reply text (a judge's score, for judge tests), and `hold_after = N` leaves every request after the N-th answered hanging (a client
 killed then has answered requests on record and unanswered ones in flight).
 """
 
@@ -32,6 +32,7 @@ class ChatServer:
         self.stops = list(tiny_generation_config().eos_token_id)
         self.faults: list[tuple[Any, Any]] = []
         self.delay = 0.0
+        self.script: Any = None  # body -> a fixed reply text (a judge's), or None: the model answers
         self.hold_after: int | None = None
         self.release = threading.Event()
         self._lock, self._model_lock = threading.Lock(), threading.Lock()
@@ -73,6 +74,8 @@ class ChatServer:
             )
         answer = out[0, len(ids) :].tolist()
         text = self.tokenizer.decode(answer, skip_special_tokens=True)
+        if self.script is not None and self.script(body) is not None:
+            text = self.script(body)
         return {
             "id": "chatcmpl-test",
             "object": "chat.completion",

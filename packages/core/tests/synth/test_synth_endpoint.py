@@ -146,3 +146,42 @@ def test_a_missing_api_key_is_a_recipe_error_naming_the_variable(recipe, tmp_pat
     with pytest.raises(RecipeError, match=KEY_ENV) as refused:
         run_generate(config, log=lambda _: None)
     assert refused.value.path == "generate.endpoint.api_key_env"
+
+
+def test_the_judge_filter_scores_through_the_endpoint_and_caches_its_requests(
+    server, recipe, tmp_path, monkeypatch
+):
+    from arctic_core.synth.clean import run_clean
+
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    answers = {"a fine answer": "Score: 8/10", "a poor answer": "3", "a strange answer": "no idea"}
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": a}]}
+        for i, a in enumerate(answers)
+    ]
+    write_rows(tmp_path / "rows.jsonl", rows)
+    server.reset()
+    server.script = lambda body: next(
+        (v for k, v in answers.items() if k in body["messages"][-1]["content"]), None
+    )
+    overrides = [
+        f"clean.sources=['{tmp_path / 'rows.jsonl'}']",
+        f"clean.output_dir={tmp_path / 'out'}",
+        "clean.judge.rubric=Rate from 0 to 10. Question: {{ prompt }} Answer: {{ answer }}",
+        "clean.judge.threshold=5",
+        "clean.judge.backend=openai",
+        f"clean.judge.endpoint.base_url={server.url}",
+        f"clean.judge.endpoint.api_key_env={KEY_ENV}",
+        "clean.judge.endpoint.model=judge",
+    ]
+    try:
+        config = load_recipe(recipe, overrides).config
+        report = run_clean(config, log=lambda _: None)
+        again = run_clean(config, log=lambda _: None)
+    finally:
+        server.script = None
+    judged = next(s for s in report["steps"] if s["step"] == "judge")
+    assert report["kept_rows"] == 1 and judged["removed"] == 2
+    assert sorted(e["reason"] for e in judged["examples"]) == ["no score in the judge's reply", "score 3 < 5"]
+    assert len(server.answered) == 3 and set(server.answered.values()) == {1}  # the rerun sent nothing
+    assert again["kept_rows"] == 1

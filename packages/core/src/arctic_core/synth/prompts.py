@@ -33,14 +33,20 @@ class Prompt:
     ids: list[int] | None = None
 
 
-def read_rows(sources: Sequence[SourceConfig], scratch: Path, key: str) -> list[tuple[dict[str, Any], Any]]:
-    """Every row of `sources` with its canonical form (`arctic_core.data.formats.normalize`)."""
+def read_rows(
+    sources: Sequence[SourceConfig], scratch: Path, key: str, canonical: bool = True
+) -> list[tuple[dict[str, Any], Any]]:
+    """Every row of `sources` with its canonical form (`arctic_core.data.formats.normalize`; None
+    when not `canonical`: a template reads the columns, whatever they are)."""
     from arctic_core.data.formats import RoleMapping, detect_format, normalize
     from arctic_core.data.sources import load_source
 
     rows = []
     for index, source in enumerate(sources):
         table = load_source(source, "train", scratch)
+        if not canonical:
+            rows += [(dict(row), None) for row in table]
+            continue
         mapping = RoleMapping.parse(source.role_mapping, f"{key}[{index}].role_mapping")
         fmt = source.format or detect_format(table.column_names, mapping, source.name_or_path)
         for row_index, row in enumerate(table):
@@ -126,7 +132,7 @@ def collect_prompts(gen: GenerateConfig, tokenizer: Any, scratch: Path) -> list[
                 )
             except jinja2.TemplateSyntaxError as exc:
                 raise RecipeError(f"not a Jinja template: {exc}", path="generate.prompt_template") from None
-        rows = read_rows(gen.sources, scratch, "generate.sources")
+        rows = read_rows(gen.sources, scratch, "generate.sources", canonical=template is None)
         prompts = []
         for index, (row, canonical) in enumerate(rows):
             try:
