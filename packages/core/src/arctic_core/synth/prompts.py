@@ -41,7 +41,7 @@ def read_rows(
     from arctic_core.data.formats import RoleMapping, detect_format, normalize
     from arctic_core.data.sources import load_source
 
-    rows = []
+    rows: list[tuple[dict[str, Any], Any]] = []
     for index, source in enumerate(sources):
         table = load_source(source, "train", scratch)
         if not canonical:
