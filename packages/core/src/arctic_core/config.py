@@ -452,6 +452,8 @@ class GenerateConfig:
             raise FieldError("prompt_template", "prompts = 'template' needs a prompt_template")
         if self.output == "preference" and self.n < 2:
             raise FieldError("n", f"output = 'preference' needs n >= 2 answers per prompt, got {self.n}")
+        if self.prompts == "chunks" and self.output != "tokens":
+            raise FieldError("output", "chunks prompts are token pieces: they give output = 'tokens' only")
         if self.backend == "openai" and (self.output == "tokens" or self.prompts == "chunks"):
             raise FieldError("backend", "an HTTP endpoint answers chat prompts in text: not chunks or tokens")
 

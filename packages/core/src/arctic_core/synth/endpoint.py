@@ -84,6 +84,17 @@ def retry_after(headers: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
+def api_key(endpoint: EndpointConfig, key: str) -> str:
+    """The API key, from the environment variable `api_key_env` names (a recipe error if unset)."""
+    value = os.environ.get(endpoint.api_key_env)
+    if not value:
+        raise RecipeError(
+            f"the environment variable {endpoint.api_key_env!r} holding the API key is not set",
+            path=f"{key}.api_key_env",
+        )
+    return value
+
+
 def make_client(endpoint: EndpointConfig, key: str) -> Any:
     """The `openai` client for `endpoint`, the key from its environment variable."""
     try:
@@ -92,17 +103,12 @@ def make_client(endpoint: EndpointConfig, key: str) -> Any:
         raise RecipeError(
             "needs the openai client: pip install 'arctic-core[synth]'", path=f"{key}.base_url"
         ) from None
-    api_key = os.environ.get(endpoint.api_key_env)
-    if not api_key:
-        raise RecipeError(
-            f"the environment variable {endpoint.api_key_env!r} holding the API key is not set",
-            path=f"{key}.api_key_env",
-        )
+    secret = api_key(endpoint, key)
     if endpoint.api_version:
         return openai.AzureOpenAI(
-            azure_endpoint=endpoint.base_url, api_version=endpoint.api_version, api_key=api_key, max_retries=0
+            azure_endpoint=endpoint.base_url, api_version=endpoint.api_version, api_key=secret, max_retries=0
         )
-    return openai.OpenAI(base_url=endpoint.base_url, api_key=api_key, max_retries=0, timeout=endpoint.timeout)
+    return openai.OpenAI(base_url=endpoint.base_url, api_key=secret, max_retries=0, timeout=endpoint.timeout)
 
 
 class EndpointBackend:

@@ -162,6 +162,10 @@ def run_generate(
     from arctic_core.synth.prompts import collect_prompts
 
     gen = config.generate
+    if gen.backend == "openai":  # before any data is read
+        from arctic_core.synth.endpoint import api_key
+
+        api_key(gen.endpoint, "generate.endpoint")
     folder = Path(gen.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = None
