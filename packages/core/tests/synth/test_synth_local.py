@@ -38,3 +38,5 @@ def test_templated_prompts_get_n_seeded_answers_each(tmp_path):
         )
     assert any(rows[i]["messages"][2] != rows[i + 1]["messages"][2] for i in (0, 2, 4))  # sampled apart
     assert generate("b") == rows  # seeded
+    report = json.loads((tmp_path / "a" / ".generation-report.json").read_text())
+    assert report["sent"] == 6 and 0 < report["completion_tokens"] <= 6 * 5 and report["cost"] == 0

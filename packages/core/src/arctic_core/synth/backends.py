@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from arctic_core.config import EndpointConfig, TrainerConfig
-from arctic_core.synth.endpoint import Answer, Sampling
+from arctic_core.synth.endpoint import Answer, Sampling, Usage
 from arctic_core.synth.prompts import Prompt
 
 
 class Backend(Protocol):
-    """Answers prompts: `sampling.n` answers each, in order."""
+    """Answers prompts: `sampling.n` answers each, in order; counts what it did in `usage`."""
+
+    usage: Usage
 
     def answer(self, prompts: Sequence[Prompt], seed: int) -> list[list[Answer]]:
         """The answers; `seed` seeds a local backend's batch."""

@@ -12,7 +12,7 @@
 7. `judge`: the LLM judge's score under `[clean.judge] threshold` (or no score).
 
 The rows kept go, unchanged, to `<output_dir>/data.jsonl`; `report.json` gives per step the count
-removed, why, and `examples` removed rows (with the kept row a duplicate matched).
+removed, why, and `examples` removed rows (with the input row number of the kept row a near-duplicate matched).
 """
 
 from __future__ import annotations
@@ -34,14 +34,16 @@ MIN_EVAL_WORDS = 4
 
 @attrs.define
 class Item:
-    """One row being cleaned: the row as read, its prompt and answer texts."""
+    """One row being cleaned: its number in the input, the row as read, its prompt and answer texts."""
 
+    index: int
     row: dict[str, Any]
     prompt: str
     answer: str
 
     @property
     def text(self) -> str:
+        """The prompt and the answer."""
         return f"{self.prompt}\n{self.answer}"
 
 
@@ -74,10 +76,12 @@ def read_items(clean: CleanConfig, config: TrainerConfig, scratch: Path) -> list
                 f"is empty and {config.generate.output_dir} has no shards", path="clean.sources"
             )
         sources = [SourceConfig(type="jsonl", name_or_path=str(s)) for s in shards]
-    return [Item(row, *_texts(canonical)) for row, canonical in read_rows(sources, scratch, "clean.sources")]
+    rows = read_rows(sources, scratch, "clean.sources")
+    return [Item(i, row, *_texts(canonical)) for i, (row, canonical) in enumerate(rows)]
 
 
 def exact(items: list[Item], clean: CleanConfig) -> tuple[list[Item], Removed]:
+    """Step 1 (module docstring): (kept, removed with reasons)."""
     seen: set[str] = set()
     kept, removed = [], []
     for item in items:
@@ -91,29 +95,33 @@ def exact(items: list[Item], clean: CleanConfig) -> tuple[list[Item], Removed]:
 
 
 def near(items: list[Item], clean: CleanConfig) -> tuple[list[Item], Removed]:
+    """Step 2: MinHash + LSH near-duplicates of earlier kept rows."""
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=clean.near_dedup, num_perm=clean.num_perm)
-    hashes: dict[str, Any] = {}
+    first = MinHash(num_perm=clean.num_perm, seed=1)  # its permutations are drawn once, then shared
+    sketches: dict[str, Any] = {}
     kept, removed = [], []
-    for index, item in enumerate(items):
-        sketch = MinHash(num_perm=clean.num_perm, seed=1)
-        for shingle in sorted(tx.shingles(item.text, clean.shingle_words)):
-            sketch.update(shingle.encode())
-        similar = [(sketch.jaccard(hashes[k]), k) for k in lsh.query(sketch)]
+    for item in items:
+        sketch = MinHash(
+            num_perm=clean.num_perm, seed=1, permutations=first.permutations, scheme=first.scheme
+        )
+        sketch.update_batch([s.encode() for s in sorted(tx.shingles(item.text, clean.shingle_words))])
+        similar = [(sketch.jaccard(sketches[k]), k) for k in lsh.query(sketch)]
         similar = [s for s in similar if s[0] >= clean.near_dedup]
         if similar:
             score, match = max(similar)
             removed.append((item, f"~{score:.2f} Jaccard with kept row {match}"))
             continue
-        key = str(index)
+        key = str(item.index)
         lsh.insert(key, sketch)
-        hashes[key] = sketch
+        sketches[key] = sketch
         kept.append(item)
     return kept, removed
 
 
 def length(items: list[Item], clean: CleanConfig) -> tuple[list[Item], Removed]:
+    """Step 3: answers outside min_words .. max_words."""
     kept, removed = [], []
     for item in items:
         count = len(tx.words(item.answer))
@@ -127,6 +135,7 @@ def length(items: list[Item], clean: CleanConfig) -> tuple[list[Item], Removed]:
 
 
 def language(items: list[Item], clean: CleanConfig) -> tuple[list[Item], Removed]:
+    """Step 4: answers guessed as none of `languages`."""
     kept, removed = [], []
     for item in items:
         found = tx.language(item.answer)
@@ -155,6 +164,7 @@ def eval_grams(clean: CleanConfig, scratch: Path) -> dict[int, set[tuple[str, ..
 def decontaminate(
     items: list[Item], clean: CleanConfig, grams: dict[int, set[tuple[str, ...]]]
 ) -> tuple[list[Item], Removed]:
+    """Step 5: rows sharing an n-gram with an eval set."""
     kept, removed = [], []
     for item in items:
         ws = tx.words(item.text)
@@ -167,6 +177,7 @@ def decontaminate(
 
 
 def user_filters(items: list[Item], functions: list[tuple[str, Any]]) -> tuple[list[Item], Removed]:
+    """Step 6: rows a `code:` function returns false for."""
     kept, removed = [], []
     for item in items:
         failed = next((name for name, function in functions if not function(item.row)), None)
@@ -178,6 +189,7 @@ def user_filters(items: list[Item], functions: list[tuple[str, Any]]) -> tuple[l
 
 
 def judged(items: list[Item], config: TrainerConfig, cache: Path, log: Log) -> tuple[list[Item], Removed]:
+    """Step 7: rows the judge scores under the threshold, or not at all."""
     from arctic_core.synth.judge import Judge
 
     judge = Judge(config, cache, log)

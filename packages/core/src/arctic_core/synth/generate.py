@@ -209,10 +209,7 @@ def run_generate(
 
 
 def _report(folder: Path, backend: Any, rank: int, log: Log) -> None:
-    usage = getattr(backend, "usage", None)
-    if usage is None:
-        return
-    figures = usage.as_dict()
+    figures = backend.usage.as_dict()
     path = folder / (REPORT if rank == 0 else f"{REPORT}.rank{rank}")
     path.write_text(json.dumps(figures, indent=1))
     log(

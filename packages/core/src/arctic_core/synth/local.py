@@ -16,7 +16,7 @@ import attrs
 
 from arctic_core.config import TrainerConfig
 from arctic_core.errors import RecipeError
-from arctic_core.synth.endpoint import Answer, Sampling
+from arctic_core.synth.endpoint import Answer, Sampling, Usage
 from arctic_core.synth.prompts import Prompt
 
 
@@ -92,6 +92,7 @@ class LocalBackend:
 
     def __init__(self, config: TrainerConfig, tokenizer: Any, sampling: Sampling, vllm: bool) -> None:
         self.tokenizer, self.sampling = tokenizer, sampling
+        self.usage = Usage()  # `sent`: answers generated
         if vllm:  # not a declared extra: locking it would pin the workspace's torch to vLLM's
             self.engine = importlib.import_module("vllm").LLM(
                 model=config.model.name_or_path, seed=config.seed
@@ -118,6 +119,9 @@ class LocalBackend:
             )
             for p, a in zip(ids, out, strict=True)
         ]
+        self.usage.sent += len(answers)
+        self.usage.prompt_tokens += sum(a.prompt_tokens for a in answers)
+        self.usage.completion_tokens += sum(a.completion_tokens for a in answers)
         return [answers[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _vllm(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
