@@ -182,6 +182,9 @@ def test_the_judge_filter_scores_through_the_endpoint_and_caches_its_requests(
         server.script = None
     judged = next(s for s in report["steps"] if s["step"] == "judge")
     assert report["kept_rows"] == 1 and judged["removed"] == 2
-    assert sorted(e["reason"] for e in judged["examples"]) == ["no score in the judge's reply", "score 3 < 5"]
+    assert sorted(e["reason"] for e in judged["examples"]) == [
+        "no score in the judge's reply 'no idea'",
+        "score 3 < 5",
+    ]
     assert len(server.answered) == 3 and set(server.answered.values()) == {1}  # the rerun sent nothing
     assert again["kept_rows"] == 1

@@ -194,21 +194,18 @@ def judged(items: list[Item], config: TrainerConfig, cache: Path, log: Log) -> t
 
     judge = Judge(config, cache, log)
     try:
-        scores = judge.scores([(item.prompt, item.answer) for item in items])
+        verdicts = judge.verdicts([(item.prompt, item.answer) for item in items])
     finally:
         judge.close()
     threshold = config.clean.judge.threshold
     kept, removed = [], []
-    for item, score in zip(items, scores, strict=True):
+    for item, (score, reply) in zip(items, verdicts, strict=True):
         if score is not None and score >= threshold:
             kept.append(item)
+        elif score is None:
+            removed.append((item, f"no score in the judge's reply {reply[:80]!r}"))
         else:
-            removed.append(
-                (
-                    item,
-                    "no score in the judge's reply" if score is None else f"score {score:g} < {threshold:g}",
-                )
-            )
+            removed.append((item, f"score {score:g} < {threshold:g}"))
     return kept, removed
 
 

@@ -116,14 +116,9 @@ def rows_of(
     best, worst = scores.index(max(scores)), scores.index(min(scores))
     if scores[best] == scores[worst]:
         return []
-    turn = lambda a: [{"role": "assistant", "content": a.text}]  # noqa: E731
+    chosen, rejected = ([{"role": "assistant", "content": answers[i].text}] for i in (best, worst))
     return [
-        {
-            "prompt": messages,
-            "chosen": turn(answers[best]),
-            "rejected": turn(answers[worst]),
-            "scores": [scores[best], scores[worst]],
-        }
+        {"prompt": messages, "chosen": chosen, "rejected": rejected, "scores": [scores[best], scores[worst]]}
     ]
 
 

@@ -59,6 +59,12 @@ class Judge:
 
     def scores(self, pairs: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float | None]:
         """The judge's score of each (prompt, answer)."""
+        return [score for score, _ in self.verdicts(pairs, batch_size)]
+
+    def verdicts(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int = 16
+    ) -> list[tuple[float | None, str]]:
+        """The judge's (score, reply) for each (prompt, answer)."""
         from arctic_core.synth.prompts import prompt_ids
 
         prompts = []
@@ -66,10 +72,10 @@ class Judge:
             messages = [{"role": "user", "content": self.template.render(prompt=prompt, answer=answer)}]
             ids = prompt_ids(messages, self.tokenizer) if self.tokenizer is not None else None
             prompts.append(Prompt(messages=messages, ids=ids))
-        out: list[float | None] = []
+        out: list[tuple[float | None, str]] = []
         for start in range(0, len(prompts), batch_size):
             answers = self.backend.answer(prompts[start : start + batch_size], seed=start)
-            out += [first_number(a[0].text) for a in answers]
+            out += [(first_number(a[0].text), a[0].text) for a in answers]
         return out
 
     def close(self) -> None:
