@@ -7,7 +7,7 @@ import json
 import random
 
 from arctic_core.recipe import load_recipe
-from arctic_core.testing import save_tiny_model, write_rows
+from arctic_core.testing import write_rows
 
 VOCAB = [f"word{i}" for i in range(400)]
 
@@ -47,12 +47,11 @@ def test_clean_removes_what_was_planted_and_reports_it(tmp_path):
     rows, originals, expected = planted_rows()
     write_rows(tmp_path / "data.jsonl", rows)
     write_rows(tmp_path / "eval.jsonl", [chat("What is the capital city of Atlantis today?", "Poseidonia.")])
-    save_tiny_model(tmp_path / "model")
     (tmp_path / "filters.py").write_text(
         "def no_forbidden(row):\n    return 'FORBIDDEN' not in row['messages'][0]['content']\n"
     )
     (tmp_path / "recipe.toml").write_text(
-        'type = "sft"\ncode = "filters.py"\n[model]\nname_or_path = "model"\n'
+        'type = "sft"\ncode = "filters.py"\n[model]\nname_or_path = "unused/no-model"\n'
         '[clean]\nsources = ["data.jsonl"]\neval_sources = ["eval.jsonl"]\nmin_words = 5\nlanguages = ["en"]\n'
         f'filters = ["no_forbidden"]\noutput_dir = "{tmp_path / "out"}"\nnear_dedup = 0.8\n'
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from arctic_core.recipe import load_recipe
 from arctic_core.testing import save_tiny_model, write_rows
 
@@ -40,3 +42,10 @@ def test_templated_prompts_get_n_seeded_answers_each(tmp_path):
     assert generate("b") == rows  # seeded
     report = json.loads((tmp_path / "a" / ".generation-report.json").read_text())
     assert report["sent"] == 6 and 0 < report["completion_tokens"] <= 6 * 5 and report["cost"] == 0
+
+    from arctic_core.errors import RecipeError
+
+    config = load_recipe(tmp_path / "recipe.toml", ["generate.prompt_template={{ town }}"]).config
+    with pytest.raises(RecipeError, match=r"row 0.*town") as refused:
+        run_generate(config, log=lambda _: None)
+    assert refused.value.path == "generate.prompt_template"
