@@ -45,7 +45,8 @@ def test_templated_prompts_get_n_seeded_answers_each(tmp_path):
 
     from arctic_core.errors import RecipeError
 
-    config = load_recipe(tmp_path / "recipe.toml", ["generate.prompt_template={{ town }}"]).config
+    overrides = ["generate.prompt_template={{ town }}", f"generate.output_dir={tmp_path / 'c'}"]
+    config = load_recipe(tmp_path / "recipe.toml", overrides).config
     with pytest.raises(RecipeError, match=r"row 0.*town") as refused:
         run_generate(config, log=lambda _: None)
     assert refused.value.path == "generate.prompt_template"
