@@ -121,3 +121,24 @@ def test_vllm_backend_without_vllm_is_a_recipe_error_naming_the_key():
     with pytest.raises(RecipeError, match="vllm") as refused:
         use_vllm(config.generate)
     assert refused.value.path == "generate.backend"
+
+
+# sha256 of the shards the speculator's own generate wrote for SMALL (turns) before it moved onto
+# core's pipeline (commit d5d727d): `arctic data generate` must write the same bytes for the same seed
+OLD_OUTPUT = "03808f085a84d65f6d87e363e8a2bb1a3f53617c8cca7e4d0337daf47e9895d6"
+
+
+def test_arctic_data_generate_writes_the_speculators_old_output_for_the_same_seed(tmp_path):
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from arctic_core.cli import cli
+
+    folder = tmp_path / "data"
+    result = CliRunner().invoke(
+        cli, ["data", "generate", str(PIPELINE), *sets(*SMALL, f"generate.output_dir={folder}")]
+    )
+    assert result.exit_code == 0, result.output
+    written = b"".join(p.read_bytes() for p in sorted(folder.glob("shard-*.jsonl")))
+    assert len(shards(folder)) == 5 and hashlib.sha256(written).hexdigest() == OLD_OUTPUT

@@ -273,7 +273,7 @@ def config_check(recipe: str, overrides: tuple[str, ...]) -> None:
 
 @cli.group("data")
 def data_group() -> None:
-    """Prepare training data without training."""
+    """Prepare, generate and clean training data without training."""
 
 
 @data_group.command("prepare")
@@ -283,6 +283,38 @@ def data_prepare(recipe: str, overrides: tuple[str, ...]) -> None:
     from arctic_core.data.prepare import prepare
 
     click.echo(prepare(recipe, overrides))
+
+
+@data_group.command("generate")
+@recipe_arguments
+def data_generate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Answer RECIPE's `[generate]` prompts into `[generate] output_dir` (resumable, cached).
+
+    Ranks: run one process per rank with RANK and WORLD_SIZE set (any launcher); each takes its shards.
+    """
+    import os
+
+    from arctic_core.recipe import load_recipe
+    from arctic_core.synth.generate import run_generate
+
+    loaded = load_recipe(recipe, overrides)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    folder = loaded.path.parent if loaded.path else None
+    click.echo(f"generated data in {run_generate(loaded.config, rank, world, click.echo, folder)}")
+
+
+@data_group.command("clean")
+@recipe_arguments
+def data_clean(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Deduplicate, filter and decontaminate per RECIPE's `[clean]`; writes data.jsonl and report.json."""
+    from arctic_core.recipe import load_recipe
+    from arctic_core.synth.clean import run_clean
+
+    loaded = load_recipe(recipe, overrides)
+    report = run_clean(loaded.config, click.echo, loaded.path.parent if loaded.path else None)
+    click.echo(
+        f"kept {report['kept_rows']} of {report['input_rows']} rows in {loaded.config.clean.output_dir}"
+    )
 
 
 def plan_command(method: str | None) -> click.Command:

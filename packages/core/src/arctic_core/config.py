@@ -362,6 +362,133 @@ class GenerationEvalConfig:
 
 
 @attrs.frozen(kw_only=True)
+class EndpointConfig:
+    """[generate.endpoint]: an OpenAI-compatible chat completions server (vLLM, TGI, llama.cpp, OpenAI, Azure)."""
+
+    base_url: str = setting("https://api.openai.com/v1", doc="The API's base URL (Azure: the resource URL).")
+    model: str = setting(
+        "", doc="Model name sent with each request; default the recipe's model.name_or_path."
+    )
+    api_key_env: str = setting(
+        "OPENAI_API_KEY", doc="Environment variable holding the API key (the key is never written anywhere)."
+    )
+    api_version: str = setting("", doc="Azure OpenAI API version; set, the Azure client is used.")
+    concurrency: int = setting(8, doc="Requests in flight at once, at most.", check=at_least(1))
+    max_retries: int = setting(6, doc="Retries of a request after 429, 5xx, timeouts.", check=at_least(0))
+    backoff: float = setting(
+        1.0, doc="First retry wait in seconds, doubled per retry (Retry-After wins).", check=at_least(0.0)
+    )
+    timeout: float = setting(
+        120.0, doc="Seconds before a request is abandoned and retried.", check=greater_than(0)
+    )
+    input_price: float = setting(0.0, doc="Cost per million prompt tokens (accounting).", check=at_least(0.0))
+    output_price: float = setting(0.0, doc="Cost per million completion tokens.", check=at_least(0.0))
+
+
+@attrs.frozen(kw_only=True)
+class JudgeConfig:
+    """[clean.judge]: an LLM scores each row with a rubric; rows under the threshold are dropped."""
+
+    rubric: str = setting(
+        "", doc="Jinja template of the judge prompt over `prompt` and `answer`; empty turns the judge off."
+    )
+    threshold: float = setting(5.0, doc="Keep rows scored at least this (the first number in the reply).")
+    model: str = setting("", doc="Judge model for local backends; default the recipe's model.")
+    backend: str = setting(
+        "auto",
+        doc="auto, hf, vllm or openai (as generate.backend).",
+        check=one_of("auto", "hf", "vllm", "openai"),
+    )
+    max_tokens: int = setting(8, doc="Tokens the judge may write.", check=at_least(1))
+    endpoint: EndpointConfig = setting(factory=EndpointConfig, doc="[clean.judge.endpoint] for openai.")
+
+
+@attrs.frozen(kw_only=True)
+class GenerateConfig:
+    """[generate]: prompts from sources, answered by a local model or an HTTP endpoint (`arctic data generate`)."""
+
+    sources: list[SourceConfig] = setting(factory=list, doc="Datasets whose rows give the prompts.")
+    output_dir: str = setting("synthetic-data", doc="Folder of the generated dataset (jsonl shards).")
+    prompts: str = setting(
+        "turns",
+        doc="turns: one prompt per assistant turn (the conversation before it); template: prompt_template "
+        "over the row's columns; chunks: the templated conversation cut into gen_prompt_length tokens.",
+        check=one_of("turns", "template", "chunks"),
+    )
+    prompt_template: str = setting("", doc="Jinja template of the user prompt over a row's columns.")
+    system_prompt: str = setting("", doc="System message put before templated prompts.")
+    gen_prompt_length: int = setting(64, doc="Tokens per prompt chunk (prompts = chunks).", check=at_least(1))
+    max_tokens: int = setting(256, doc="Tokens generated per answer.", check=at_least(1))
+    gen_temp: float = setting(1.0, doc="Sampling temperature; 0: greedy.", check=at_least(0.0))
+    top_k: int = setting(
+        0, doc="Sample from the k most likely tokens (0: all; not sent to endpoints).", check=at_least(0)
+    )
+    top_p: float = setting(1.0, doc="Nucleus sampling mass.", check=at_least(0.0))
+    ignore_eos: bool = setting(False, doc="Keep generating past end-of-sequence tokens (local backends).")
+    n: int = setting(1, doc="Answers per prompt.", check=at_least(1))
+    batch_size: int = setting(64, doc="Prompts per generate call (local backends).", check=at_least(1))
+    shard_size: int = setting(512, doc="Prompts per output shard (the unit of resuming).", check=at_least(1))
+    max_prompts: int = setting(0, doc="Use at most this many prompts (0: all).", check=at_least(0))
+    backend: str = setting(
+        "auto",
+        doc="hf (transformers generate), vllm, openai (generate.endpoint), or auto (vLLM when installed and on CUDA, else hf).",
+        check=one_of("auto", "hf", "vllm", "openai"),
+    )
+    output: str = setting(
+        "messages",
+        doc="messages (chat rows), preference (prompt/chosen/rejected from n >= 2 ranked answers) or tokens "
+        "(input_ids + labels, local backends).",
+        check=one_of("messages", "preference", "tokens"),
+    )
+    rank_by: str = setting(
+        "judge", doc="Ranks answers for preference output: judge ([clean.judge]) or a function in `code:`."
+    )
+    endpoint: EndpointConfig = setting(
+        factory=EndpointConfig, doc="[generate.endpoint] for backend = openai."
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.prompts == "template" and not self.prompt_template:
+            raise FieldError("prompt_template", "prompts = 'template' needs a prompt_template")
+        if self.output == "preference" and self.n < 2:
+            raise FieldError("n", f"output = 'preference' needs n >= 2 answers per prompt, got {self.n}")
+        if self.prompts == "chunks" and self.output != "tokens":
+            raise FieldError("output", "chunks prompts are token pieces: they give output = 'tokens' only")
+        if self.backend == "openai" and (self.output == "tokens" or self.prompts == "chunks"):
+            raise FieldError("backend", "an HTTP endpoint answers chat prompts in text: not chunks or tokens")
+
+
+@attrs.frozen(kw_only=True)
+class CleanConfig:
+    """[clean]: deduplicate, filter and decontaminate a dataset (`arctic data clean`)."""
+
+    sources: list[SourceConfig] = setting(factory=list, doc="Data to clean; default generate.output_dir.")
+    output_dir: str = setting("clean-data", doc="Folder of the cleaned rows (data.jsonl) and report.json.")
+    exact_dedup: bool = setting(True, doc="Drop rows whose text repeats an earlier row's exactly.")
+    near_dedup: float = setting(
+        0.8,
+        doc="Drop rows whose estimated Jaccard similarity to a kept row is at least this (0: off).",
+        check=between(0.0, 1.0),
+    )
+    shingle_words: int = setting(3, doc="Words per shingle for near-duplicates.", check=at_least(1))
+    num_perm: int = setting(128, doc="MinHash permutations.", check=at_least(16))
+    min_words: int = setting(0, doc="Drop rows whose answers have fewer words (0: off).", check=at_least(0))
+    max_words: int = setting(0, doc="Drop rows whose answers have more words (0: off).", check=at_least(0))
+    languages: list[str] = setting(
+        factory=list, doc="Keep rows detected as one of these (en, de, fr, es, it, pt, nl); empty: off."
+    )
+    eval_sources: list[SourceConfig] = setting(factory=list, doc="Eval sets to decontaminate against.")
+    ngram: int = setting(
+        13, doc="Words per n-gram shared with an eval row that marks contamination.", check=at_least(1)
+    )
+    filters: list[str] = setting(
+        factory=list, doc="Functions in the recipe's `code:` file: row -> bool (keep), applied in order."
+    )
+    judge: JudgeConfig = setting(factory=JudgeConfig, doc="[clean.judge] table.")
+    examples: int = setting(3, doc="Removed rows shown per step in the report.", check=at_least(0))
+
+
+@attrs.frozen(kw_only=True)
 class TrainerConfig:
     """A whole recipe: the training run and every table in it."""
 
@@ -412,6 +539,10 @@ class TrainerConfig:
     generation_eval: GenerationEvalConfig = setting(
         factory=GenerationEvalConfig, doc="[generation_eval] table."
     )
+    generate: GenerateConfig = setting(
+        factory=GenerateConfig, doc="[generate] table (`arctic data generate`)."
+    )
+    clean: CleanConfig = setting(factory=CleanConfig, doc="[clean] table (`arctic data clean`).")
     deepspeed: dict[str, Any] = setting(factory=dict, doc="DeepSpeed config, merged over computed defaults.")
 
     def __attrs_post_init__(self) -> None:

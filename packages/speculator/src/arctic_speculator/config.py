@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from arctic_core.config import GenerateConfig as CoreGenerateConfig
 from arctic_core.config import ModelConfig, SourceConfig, TrainerConfig, at_least, one_of, setting
 from arctic_core.errors import FieldError
 
@@ -137,31 +138,27 @@ class SpeculatorModelConfig(ModelConfig):
 
 
 @attrs.frozen(kw_only=True)
-class GenerateConfig:
-    """[generate]: the base model answers chat prompts; its answers become the training data."""
+class GenerateConfig(CoreGenerateConfig):
+    """[generate]: the base model answers chat prompts; its answers (tokens) become the training data.
 
-    sources: list[SourceConfig] = setting(
-        factory=list, doc="Chat datasets whose conversations give the prompts."
-    )
+    Core's `[generate]` table (`arctic data generate`) with ArcticTraining's defaults for speculators.
+    """
+
     output_dir: str = setting("speculator-data", doc="Folder of the generated dataset (jsonl shards).")
     prompts: str = setting(
         "chunks",
         doc="chunks: the templated conversation cut into gen_prompt_length-token prompts (ArcticTraining); turns: one prompt per assistant turn.",
         check=one_of("chunks", "turns"),
     )
-    gen_prompt_length: int = setting(64, doc="Tokens per prompt chunk (prompts = chunks).", check=at_least(1))
-    max_tokens: int = setting(256, doc="Tokens generated per prompt.", check=at_least(1))
-    gen_temp: float = setting(1.0, doc="Sampling temperature; 0: greedy.", check=at_least(0.0))
     top_k: int = setting(10, doc="Sample from the k most likely tokens (0: all).", check=at_least(0))
-    top_p: float = setting(1.0, doc="Nucleus sampling mass.", check=at_least(0.0))
     ignore_eos: bool = setting(True, doc="Keep generating past end-of-sequence tokens (ArcticTraining).")
-    batch_size: int = setting(64, doc="Prompts per generate call.", check=at_least(1))
-    shard_size: int = setting(512, doc="Prompts per output shard (the unit of resuming).", check=at_least(1))
-    max_prompts: int = setting(0, doc="Use at most this many prompts (0: all).", check=at_least(0))
     backend: str = setting(
         "auto",
         doc="hf (transformers generate), vllm, or auto (vLLM when installed and on CUDA).",
         check=one_of("auto", "hf", "vllm"),
+    )
+    output: str = setting(
+        "tokens", doc="tokens: input_ids + labels (the prompt masked).", check=one_of("tokens")
     )
 
 
