@@ -35,6 +35,8 @@ from arctic_core.errors import RecipeError
 TOKENIZATION_SETTINGS = (
     "max_length",
     "mask_inputs",
+    "train_on_reasoning",
+    "ignore_empty_think",
     "pack_samples",
     "filter_samples",
     "strict",
