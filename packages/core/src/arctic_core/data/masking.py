@@ -217,7 +217,7 @@ class ChatMasker:
                     "the assistant's turn as it is rendered)."
                 )
             ids = context + self.encode([text[len(context_text) :]])[0]
-        return ids[len(context) : self._end_of_turn(ids, len(context), len(ids))]
+        return ids[len(context) : self.end_of_turn(ids, len(context), len(ids))]
 
     def _reasoning(
         self,
@@ -246,7 +246,7 @@ class ChatMasker:
         end = min(common_prefix(tokens, variant), len(tokens) - 1)  # the end-of-turn marker still trains
         return ((0, end),) if end > 0 else ()
 
-    def _end_of_turn(self, ids: list[int], start: int, end: int) -> int:
+    def end_of_turn(self, ids: list[int], start: int, end: int) -> int:
         """Where the assistant's span ends: just after its end-of-turn marker, if whitespace follows it."""
         for j in range(end - 1, start - 1, -1):
             if ids[j] in self.special_ids:
