@@ -275,3 +275,75 @@ def test_preference_pairs_of_agentic_turns() -> None:
         "<think>\nGuess.\n</think>\n\nI think it is 80.<|im_end|>",
     ]
     assert parity.check_rows(masker, [(row, sides, "row 0")]).identical == 1
+
+
+def test_cli_data_inspect_marks_trained_spans_and_reports_parity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from arctic_core.cli import cli
+    from arctic_core.testing import save_tokenizer_files
+
+    weather = {
+        "type": "function",
+        "function": {"name": "weather", "description": "Weather.", "parameters": {}},
+    }
+    rows = [
+        ROW | {"messages": [*[m for m in ROW["messages"] if "thinking" not in m][:4], ROW["messages"][-1]]},
+        {
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "w",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": {"city": "Oslo"}},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "w", "content": "Snow."},
+                {"role": "assistant", "content": "Snow."},
+            ],
+            "tools": json.dumps([weather]),
+        },
+    ]
+    rows[0]["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"expression": "12 + 30"}
+    data = tmp_path / "agentic.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "train.py").write_text(
+        "from arctic_core.trainer import Trainer\n\nclass DataOnly(Trainer):\n    name = 'data-only-test'\n"
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"type: data-only-test\ncode: {tmp_path / 'train.py'}\n"
+        f"model:\n  name_or_path: {save_tokenizer_files(tmp_path / 'model')}\n"
+        f"tokenizer:\n  chat_template: {TEMPLATES / 'qwen3.jinja'}\n"
+        f"data:\n  sources: ['{data}']\n  cache_dir: {tmp_path / 'cache'}\n  max_length: 1024\n"
+        f"logger:\n  output_dir: {tmp_path / 'run'}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["data", "inspect", str(recipe), "-n", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "row 0 sample 0" in out and "row 1 sample 0" in out
+    assert (
+        '[[<think>\nAdd first.\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "12 + 30"}}'
+        in out
+    )
+    # no null is rendered (tables that fill missing fields with nulls have them dropped)
+    assert (
+        '{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>]]' in out
+        and "null" not in out
+    )
+    assert (
+        "<tool_response>\nSnow.\n</tool_response>" in out
+        and "[[<think>\n\n</think>\n\nSnow.<|im_end|>]]" in out
+    )
+    # Qwen3 serves the reasoning-free tool call with an empty think block, but renders it without one
+    # once the answer follows: that turn trains in a sample of its own
+    assert "row 1 sample 1" in out and '[[<think>\n\n</think>\n\n<tool_call>\n{"name": "weather"' in out
+    assert "parity: 2/2 samples identical to serving (100%)" in out
