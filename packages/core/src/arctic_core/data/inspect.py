@@ -38,7 +38,11 @@ def _source_report(factory: Any, index: int, n: int, colour: bool, scratch: Path
     source = factory.data.sources[index]
     name = f"data.sources[{index}] {source.name_or_path}"
     loaded = sources.load_source(
-        source, "train", scratch, max_row_bytes=max_row_bytes(factory.data.max_length), strict=factory.data.strict
+        source,
+        "train",
+        scratch,
+        max_row_bytes=max_row_bytes(factory.data.max_length),
+        strict=factory.data.strict,
     )
     table = sources.sample(loaded, source)
     fmt, builder = factory.source_builder(source, table.column_names, name)
@@ -49,9 +53,10 @@ def _source_report(factory: Any, index: int, n: int, colour: bool, scratch: Path
     for _, samples, where in rows:
         for k, (ids, labels) in enumerate(samples):
             trained = sum(t != IGNORE for t in labels)
-            lines += [f"-- {where} sample {k}: {len(ids)} tokens, {trained} trained", marked(
-                builder.masker.tokenizer, ids, labels, colour
-            )]
+            lines += [
+                f"-- {where} sample {k}: {len(ids)} tokens, {trained} trained",
+                marked(builder.masker.tokenizer, ids, labels, colour),
+            ]
     if fmt in ("chat", "sharegpt", "alpaca", "preference") and factory.data.mask_inputs:
         lines.append(check_rows(builder.masker, rows).describe())
     return lines
@@ -67,4 +72,3 @@ def inspect(recipe: str, overrides: Sequence[str] = (), n: int = 3, colour: bool
         for index in range(len(factory.data.sources)):
             lines += _source_report(factory, index, n, colour, Path(scratch))
     return "\n".join(lines)
-

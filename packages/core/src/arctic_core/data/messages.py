@@ -79,7 +79,8 @@ def tool_call(item: Any, where: str) -> dict[str, Any]:
         item = _json(item, "a tool call", where)
     if not isinstance(item, Mapping):
         raise DataError(f"{where}: a tool call must be an object, got {item!r:.120}")
-    function = item.get("function") if isinstance(item.get("function"), Mapping) else item
+    inner = item.get("function")
+    function: Mapping[str, Any] = inner if isinstance(inner, Mapping) else item
     name = function.get("name")
     if not isinstance(name, str) or not name:
         raise DataError(f"{where}: a tool call needs a function name, got {dict(item)!r:.120}")
@@ -172,8 +173,8 @@ def link_tool_results(messages: list[Message], where: str) -> list[Message]:
         elif m["role"] == "tool":
             if not pending:
                 raise DataError(f"{where}: message {i} is a tool result with no preceding tool call")
-            by_id = {c.get("id"): c for c in pending if c.get("id") is not None}
-            call = by_id.get(m.get("tool_call_id")) or pending[min(answered, len(pending) - 1)]
+            by_id: dict[str, dict[str, Any]] = {c["id"]: c for c in pending if c.get("id") is not None}
+            call = by_id.get(m.get("tool_call_id") or "") or pending[min(answered, len(pending) - 1)]
             if m.get("tool_call_id") is not None and by_id and m["tool_call_id"] not in by_id:
                 raise DataError(
                     f"{where}: message {i} answers tool call {m['tool_call_id']!r}, which the preceding "

@@ -97,7 +97,9 @@ def check_row(
             continue
         context, turn = parts
         want = context + turn
-        k, (ids, labels) = max(((n, s) for n, s in enumerate(samples)), key=lambda p: common_prefix(p[1][0], want))
+        k, (ids, labels) = max(
+            ((n, s) for n, s in enumerate(samples)), key=lambda p: common_prefix(p[1][0], want)
+        )
         same = common_prefix(ids, want)
         if same < len(want):
             got = masker.tokenizer.decode(ids[same : same + 1]) if same < len(ids) else "(end of sample)"
