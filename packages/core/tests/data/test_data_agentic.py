@@ -315,11 +315,11 @@ def test_cli_data_inspect_marks_trained_spans_and_reports_parity(
     data = tmp_path / "agentic.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "train.py").write_text(
-        "from arctic_core.trainer import Trainer\n\nclass DataOnly(Trainer):\n    name = 'data-only-test'\n"
+        "from arctic_core.trainer import Trainer\n\nclass DataOnly(Trainer):\n    name = 'agentic-inspect-test'\n"
     )
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        f"type: data-only-test\ncode: {tmp_path / 'train.py'}\n"
+        f"type: agentic-inspect-test\ncode: {tmp_path / 'train.py'}\n"
         f"model:\n  name_or_path: {save_tokenizer_files(tmp_path / 'model')}\n"
         f"tokenizer:\n  chat_template: {TEMPLATES / 'qwen3.jinja'}\n"
         f"data:\n  sources: ['{data}']\n  cache_dir: {tmp_path / 'cache'}\n  max_length: 1024\n"

@@ -1,7 +1,7 @@
 """`DataFactory`: from a recipe's `[data]` table to training and evaluation datasets and batches.
 
 Preparation, once per cache key: load each source, sample it, detect and normalise its
-format, check train/serve parity on its first rows (a warning when it fails), tokenize and mask, apply the length rules (counting drops), hold out the eval share
+format, tokenize and mask (checking train/serve parity on its first rows), apply the length rules (counting drops), hold out the eval share
 (`train_eval_split`), add `eval_sources`, pack when `pack_samples`, save. Every rank then
 loads the cached entry. `collate` turns rows into the batch contract.
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from arctic_core.config import SourceConfig, TrainerConfig
-from arctic_core.data import cache, collate, formats, packing, parity, sources, summary
+from arctic_core.data import cache, collate, formats, packing, sources, summary
 from arctic_core.data.errors import DataError
 from arctic_core.data.masking import FIXED_DATE
 from arctic_core.data.samples import KEPT, PretokenizedBuilder, SampleBuilder
@@ -206,8 +206,6 @@ class DataFactory:
         if len(table) == 0:
             raise DataError(f"{name}: no rows (check the file, split and slice)")
         fmt, builder = self.source_builder(source, table.column_names, name)
-        if isinstance(builder, SampleBuilder):
-            parity.warn_on_sample(builder, table)
         processed = table.map(
             builder,
             batched=True,

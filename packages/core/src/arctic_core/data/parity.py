@@ -117,24 +117,34 @@ def check_row(
     return found
 
 
+def check_sample(
+    masker: ChatMasker, row: dict[str, Any], samples: list[Tokens], where: str
+) -> list[Mismatch]:
+    """Parity of one normalised row (`chat` or `preference`; others pass) given its samples."""
+    if row["kind"] == "chat":
+        return check_row(masker, row["messages"], samples, where, tools=row.get("tools"))
+    if row["kind"] != "preference":
+        return []
+    found: list[Mismatch] = []
+    for side, sample in zip(("chosen", "rejected"), samples):
+        messages = row["prompt"] + row[side]
+        found += check_row(
+            masker,
+            messages,
+            [sample],
+            f"{where} {side}",
+            tools=row.get("tools"),
+            train_from=len(row["prompt"]),
+        )
+    return found
+
+
 def check_rows(masker: ChatMasker, rows: list[tuple[dict[str, Any], list[Tokens], str]]) -> ParityReport:
     """Parity over normalised rows with their samples (`chat` and `preference` rows; others are skipped)."""
     report = ParityReport()
     for row, samples, where in rows:
-        if row["kind"] == "chat":
-            report = report.add(check_row(masker, row["messages"], samples, where, tools=row.get("tools")))
-        elif row["kind"] == "preference":
-            found: list[Mismatch] = []
-            for side, sample in zip(("chosen", "rejected"), samples):
-                found += check_row(
-                    masker,
-                    row["prompt"] + row[side],
-                    [sample],
-                    f"{where} {side}",
-                    tools=row.get("tools"),
-                    train_from=len(row["prompt"]),
-                )
-            report = report.add(found)
+        if row["kind"] in ("chat", "preference"):
+            report = report.add(check_sample(masker, row, samples, where))
     return report
 
 
@@ -162,14 +172,12 @@ def sample_rows(builder: Any, table: Any, n: int) -> list[tuple[dict[str, Any], 
     return out
 
 
-def warn_on_sample(builder: Any, table: Any, n: int = 16) -> ParityReport | None:
-    """Check parity on a source's first `n` rows and log a warning when it fails (conversations only)."""
-    if builder.fmt not in ("chat", "sharegpt", "preference") or not builder.data.mask_inputs:
-        return None
+def warn_if_parity_fails(masker: ChatMasker, row: dict[str, Any], samples: list[Any], where: str) -> None:
+    """Log a warning naming the row when its samples are not what serving renders (a run's sampled check)."""
+    tokens = [t for s in samples for t in as_tokens(s)]
     try:
-        report = check_rows(builder.masker, sample_rows(builder, table, n))
-    except DataError:  # the full pass reports bad rows with their own errors
-        return None
-    if report.identical < report.rows:
-        log.warning("train/serve parity fails on %s: %s", builder.source, report.describe())
-    return report
+        found = check_sample(masker, row, tokens, where)
+    except DataError:  # the row's own processing reports it
+        return
+    if found:
+        log.warning("train/serve parity fails: %s", found[0].describe())

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from arctic_core.config import DataConfig
-from arctic_core.data import masking
+from arctic_core.data import masking, parity
 from arctic_core.data.errors import DataError
 from arctic_core.data.formats import RoleMapping, normalize
 from arctic_core.errors import RecipeError
@@ -22,6 +22,8 @@ from arctic_core.errors import RecipeError
 IGNORE = masking.IGNORE
 OK, TRUNCATED, TOO_LONG, NOTHING_TRAINABLE = "ok", "truncated", "too_long", "no_trainable_tokens"
 KEPT = (OK, TRUNCATED)
+PARITY_ROWS = 16
+"""A source's first rows whose conversations are checked for train/serve parity (a warning when not)."""
 Sample = dict[str, Any]
 
 
@@ -124,7 +126,10 @@ class SampleBuilder:
             row = normalize({name: batch[name][position] for name in names}, self.fmt, self.mapping, where)
             if row["kind"] == "chat" and not self.masker.tokenizer.chat_template:
                 self.check_template()
-            for sample in tokenize_row(row, self.masker, self.data, where):
+            tokenized = tokenize_row(row, self.masker, self.data, where)
+            if index < PARITY_ROWS and self.data.mask_inputs:
+                parity.warn_if_parity_fails(self.masker, row, tokenized, where)
+            for sample in tokenized:
                 sample, status = self.length_rules(sample, where)
                 for key in self.columns:
                     out[key].append(sample[key])
