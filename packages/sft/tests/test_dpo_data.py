@@ -139,3 +139,38 @@ def test_collate_carries_precomputed_reference_log_probs(tmp_path, tiny_tokenize
     batch = factory.collate(rows)
     torch.testing.assert_close(batch["ref_chosen_logps"], torch.tensor([0.0, -1.5]))
     torch.testing.assert_close(batch["ref_rejected_logps"], torch.tensor([-2.0, -2.0]))
+
+
+def test_agentic_pairs_train_tool_calls_and_answers_not_tool_results(tmp_path, tiny_tokenizer):
+    import json
+
+    from arctic_sft.agentic_tiny import CALCULATOR, CHAT_TEMPLATE
+
+    tiny_tokenizer.chat_template = CHAT_TEMPLATE
+    call = {
+        "id": "c",
+        "type": "function",
+        "function": {"name": "calculator", "arguments": {"expression": "2 + 2"}},
+    }
+    row = {
+        "prompt": [{"role": "user", "content": "What is 2 plus 2?"}],
+        "chosen": [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c", "content": "4"},
+            {"role": "assistant", "content": "4"},
+        ],
+        "rejected": [{"role": "assistant", "content": "5"}],
+        "tools": json.dumps([CALCULATOR]),
+    }
+    factory = _factory(tmp_path, tiny_tokenizer, [str(write_rows(tmp_path / "pairs.jsonl", [row, row]))])
+    pair = factory.train_dataset()[0]
+
+    def trained(side: str) -> str:
+        return tiny_tokenizer.decode([t for t in pair[f"{side}_labels"] if t != -100])
+
+    call_text = (
+        '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 2"}}</tool_call><|im_end|>'
+    )
+    assert trained("chosen") == call_text + "4<|im_end|>"  # the tool's "4" is context, not trained
+    assert trained("rejected") == "5<|im_end|>"
+    assert "<|im_start|>tool\n4<|im_end|>" in tiny_tokenizer.decode(pair["chosen_input_ids"])

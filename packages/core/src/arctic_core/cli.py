@@ -317,6 +317,18 @@ def data_clean(recipe: str, overrides: tuple[str, ...]) -> None:
     )
 
 
+@data_group.command("inspect")
+@recipe_arguments
+@click.option("-n", "rows", type=click.IntRange(min=1), default=3, show_default=True, help="Rows per source.")
+def data_inspect(recipe: str, overrides: tuple[str, ...], rows: int) -> None:
+    """Print RECIPE's first samples with trained tokens marked, and a train/serve parity report."""
+    import sys
+
+    from arctic_core.data.inspect import inspect
+
+    click.echo(inspect(recipe, overrides, n=rows, colour=sys.stdout.isatty()))
+
+
 def plan_command(method: str | None) -> click.Command:
     """`arctic plan` (type from the recipe) or `arctic <method> plan` (type fixed)."""
 

@@ -217,6 +217,12 @@ class DataConfig:
         check=one_of("div_length", "max_length"),
     )
     mask_inputs: bool = setting(True, doc="Train only on assistant tokens (false: on every token).")
+    train_on_reasoning: bool = setting(
+        True, doc="Train on assistant reasoning (thinking) tokens; false masks them (docs/data.md)."
+    )
+    ignore_empty_think: bool = setting(
+        False, doc="Mask an assistant turn's empty thinking block (<think></think>), as ArcticTraining does."
+    )
     pack_samples: bool = setting(False, doc="Pack several samples into each row, kept apart in attention.")
     filter_samples: bool = setting(True, doc="Drop samples longer than max_length (false: truncate them).")
     strict: bool = setting(False, doc="Make dropped samples (too long, nothing trainable) errors.")

@@ -88,10 +88,19 @@ def test_mask_inputs_false_trains_every_token_but_the_first(tokenizer) -> None:
     assert labels[0] == IGNORE and labels[1:] == ids[1:]
 
 
-def test_template_that_rewrites_earlier_turns_is_refused() -> None:
+def test_template_that_rewrites_earlier_turns_gives_each_rewritten_turn_its_own_sample() -> None:
     tokenizer = tokenizer_with(REWRITING_TEMPLATE)
-    with pytest.raises(DataError, match=r"source 's' row 3: .*chat template.*not a token prefix"):
-        masking.ChatMasker(tokenizer)(YES_CONVERSATION, "source 's' row 3")
+    masker = masking.ChatMasker(tokenizer)
+    samples = masker.samples(YES_CONVERSATION, "source 's' row 3")
+    trained = [tokenizer.decode([t for t in labels if t != IGNORE]) for _, labels in samples]
+    assert trained == ["Yes<|im_end|>", "No<|im_end|>", "Yes<|im_end|>"]
+    # each sample is what the server sends before that turn (earlier answers rewritten), then the turn
+    for (ids, labels), turn in zip(samples, [6, 4, 2]):
+        served = masker.render(YES_CONVERSATION[:turn], generation_prompt=True)
+        start = next(i for i, t in enumerate(labels) if t != IGNORE)
+        assert tokenizer.decode(ids[:start]) == served
+    with pytest.raises(DataError, match=r"source 's' row 3: .*needs 3 samples; a preference pair"):
+        masker(YES_CONVERSATION, "source 's' row 3")
 
 
 def test_preference_prompt_turns_are_not_trained(tokenizer) -> None:

@@ -1,7 +1,7 @@
 """`DataFactory`: from a recipe's `[data]` table to training and evaluation datasets and batches.
 
 Preparation, once per cache key: load each source, sample it, detect and normalise its
-format, tokenize and mask, apply the length rules (counting drops), hold out the eval share
+format, tokenize and mask (checking train/serve parity on its first rows), apply the length rules (counting drops), hold out the eval share
 (`train_eval_split`), add `eval_sources`, pack when `pack_samples`, save. Every rank then
 loads the cached entry. `collate` turns rows into the batch contract.
 
@@ -35,6 +35,8 @@ from arctic_core.errors import RecipeError
 TOKENIZATION_SETTINGS = (
     "max_length",
     "mask_inputs",
+    "train_on_reasoning",
+    "ignore_empty_think",
     "pack_samples",
     "filter_samples",
     "strict",
@@ -203,7 +205,7 @@ class DataFactory:
             raise DataError(f"{name}: {exc}") from None
         if len(table) == 0:
             raise DataError(f"{name}: no rows (check the file, split and slice)")
-        fmt, builder = self._builder(source, table.column_names, name)
+        fmt, builder = self.source_builder(source, table.column_names, name)
         processed = table.map(
             builder,
             batched=True,
@@ -221,7 +223,7 @@ class DataFactory:
             )
         return kept.remove_columns(["status", "row"]), stats
 
-    def _builder(self, source: SourceConfig, columns: list[str], name: str) -> tuple[str, Any]:
+    def source_builder(self, source: SourceConfig, columns: list[str], name: str) -> tuple[str, Any]:
         """The format of a source and the `datasets.map` function that processes it."""
         if not source.process:
             return "tokenized", PretokenizedBuilder(self.data, name)

@@ -2,17 +2,20 @@
 
 Every row becomes one of four shapes (the `kind` key says which):
 
-- `chat`: `messages`, a list of `{"role", "content"}` with roles system/user/assistant (or
-  any other role the template knows, e.g. tool); from chat, sharegpt, alpaca, message-list
-  prompt/completion rows, or rows whose roles come from columns (`role_mapping`).
+- `chat`: `messages`, a list of `{"role", "content"}` with roles system/user/assistant/tool
+  (or any other role the template knows), with tool calls, tool results and reasoning as
+  `arctic_core.data.messages` describes, and the conversation's `tools` when it has them;
+  from chat, sharegpt, alpaca, message-list prompt/completion rows, or rows whose roles come
+  from columns (`role_mapping`).
 - `prompt_completion`: two strings, tokenized without a chat template.
 - `text`: one string, for causal language modelling.
-- `preference`: `prompt` messages plus `chosen` and `rejected` continuations (messages).
+- `preference`: `prompt` messages plus `chosen` and `rejected` continuations (messages, tool
+  calls included), and `tools` when the row has them.
 
 `role_mapping` (per source) maps Arctic's names to the source's:
 
 - column names: `messages`, `conversations`, `instruction`, `input`, `output`, `prompt`,
-  `completion`, `text`, `chosen`, `rejected` -> the source's column, e.g.
+  `completion`, `text`, `chosen`, `rejected`, `tools` -> the source's column, e.g.
   `{messages = "dialog"}`;
 - message fields: `role`, `content` -> the keys inside each message, e.g.
   `{role = "speaker", content = "utterance"}` (default: role|from and content|value|text|message);
@@ -30,6 +33,7 @@ from typing import Any
 import attrs
 
 from arctic_core.data.errors import DataError
+from arctic_core.data.messages import link_tool_results, message, parse_tools
 from arctic_core.errors import RecipeError
 
 FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion", "text", "preference")
@@ -44,19 +48,10 @@ COLUMN_KEYS = (
     "text",
     "chosen",
     "rejected",
+    "tools",
 )
 FIELD_KEYS = ("role", "content")
 ROLE_KEYS = ("system", "user", "assistant")
-ROLE_ALIASES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "bot": "assistant",
-    "model": "assistant",
-    "chatgpt": "assistant",
-    "system": "system",
-}
 ROLE_FIELDS = ("role", "from")
 CONTENT_FIELDS = ("content", "value", "text", "message")
 Row = dict[str, Any]
@@ -121,21 +116,31 @@ def _message(item: Any, mapping: RoleMapping, where: str) -> dict[str, Any]:
     if not isinstance(item, Mapping):
         raise DataError(f"{where}: expected a message object, got {item!r:.80}")
     role_key = mapping.fields.get("role") or next((k for k in ROLE_FIELDS if k in item), "role")
-    content_key = mapping.fields.get("content") or next((k for k in CONTENT_FIELDS if k in item), "content")
-    role, content = item.get(role_key), item.get(content_key)
-    if not isinstance(role, str) or not isinstance(content, str):
-        raise DataError(
-            f"{where}: a message needs string {role_key!r} and {content_key!r}, got {dict(item)!r:.120}"
-        )
-    return {"role": ROLE_ALIASES.get(role.lower(), role), "content": content}
+    content_key = mapping.fields.get("content") or next(
+        (k for k in CONTENT_FIELDS if item.get(k) is not None), "content"
+    )
+    role = item.get(role_key)
+    if not isinstance(role, str):
+        raise DataError(f"{where}: a message needs a string {role_key!r}, got {dict(item)!r:.120}")
+    return message(item, role, item.get(content_key), where)
 
 
-def _messages(value: Any, mapping: RoleMapping, where: str) -> list[dict[str, Any]]:
+def _messages(value: Any, mapping: RoleMapping, where: str, *, link: bool = True) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, Sequence):
         raise DataError(f"{where}: expected a list of messages, got {value!r:.80}")
-    return [_message(item, mapping, where) for item in value]
+    messages = [_message(item, mapping, where) for item in value]
+    return link_tool_results(messages, where) if link else messages
+
+
+def _chat(messages: list[dict[str, Any]], row: Mapping[str, Any], mapping: RoleMapping, where: str) -> Row:
+    """A `chat` row, with the conversation's `tools` when the source has them."""
+    out: Row = {"kind": "chat", "messages": messages}
+    tools = parse_tools(row.get(mapping.column("tools")), where)
+    if tools:
+        out["tools"] = tools
+    return out
 
 
 def _from_roles(row: Mapping[str, Any], mapping: RoleMapping, where: str) -> list[dict[str, Any]]:
@@ -173,7 +178,7 @@ def _alpaca(row: Mapping[str, Any], mapping: RoleMapping, where: str) -> list[di
 def _continuation(value: Any, mapping: RoleMapping, where: str) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
-    return _messages(value, mapping, where)
+    return _messages(value, mapping, where, link=False)
 
 
 def _preference(row: Mapping[str, Any], mapping: RoleMapping, where: str) -> Row:
@@ -183,14 +188,18 @@ def _preference(row: Mapping[str, Any], mapping: RoleMapping, where: str) -> Row
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
         shared += 1
     if shared:  # ultrafeedback-style: both lists start with the prompt turns
-        return {
-            "kind": "preference",
-            "prompt": chosen[:shared],
-            "chosen": chosen[shared:],
-            "rejected": rejected[shared:],
-        }
-    prompt = _messages(_get(row, mapping.column("prompt"), where, "preference"), mapping, where)
-    return {"kind": "preference", "prompt": prompt, "chosen": chosen, "rejected": rejected}
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    else:
+        prompt = _messages(
+            _get(row, mapping.column("prompt"), where, "preference"), mapping, where, link=False
+        )
+    for side in (chosen, rejected):
+        link_tool_results(prompt + side, where)
+    out: Row = {"kind": "preference", "prompt": prompt, "chosen": chosen, "rejected": rejected}
+    tools = parse_tools(row.get(mapping.column("tools")), where)
+    if tools:
+        out["tools"] = tools
+    return out
 
 
 def _prompt_completion(row: Mapping[str, Any], mapping: RoleMapping, where: str) -> Row:
@@ -198,8 +207,8 @@ def _prompt_completion(row: Mapping[str, Any], mapping: RoleMapping, where: str)
     completion = _get(row, mapping.column("completion"), where, "prompt_completion")
     if isinstance(prompt, str) and isinstance(completion, str):
         return {"kind": "prompt_completion", "prompt": prompt, "completion": completion}
-    messages = _messages(prompt, mapping, where) + _continuation(completion, mapping, where)
-    return {"kind": "chat", "messages": messages}
+    messages = _messages(prompt, mapping, where, link=False) + _continuation(completion, mapping, where)
+    return _chat(link_tool_results(messages, where), row, mapping, where)
 
 
 def normalize(row: Mapping[str, Any], fmt: str, mapping: RoleMapping, where: str) -> Row:
@@ -208,7 +217,7 @@ def normalize(row: Mapping[str, Any], fmt: str, mapping: RoleMapping, where: str
         return {"kind": "chat", "messages": _from_roles(row, mapping, where)}
     if fmt in ("chat", "sharegpt"):
         column = mapping.column("messages" if fmt == "chat" else "conversations")
-        return {"kind": "chat", "messages": _messages(_get(row, column, where, fmt), mapping, where)}
+        return _chat(_messages(_get(row, column, where, fmt), mapping, where), row, mapping, where)
     if fmt == "alpaca":
         return {"kind": "chat", "messages": _alpaca(row, mapping, where)}
     if fmt == "prompt_completion":

@@ -1,19 +1,25 @@
-"""Token-level loss masking: which tokens of a sample carry labels.
+"""Token-level loss masking: which tokens of a sample carry labels, exactly as the model is served.
 
-A conversation is rendered with the tokenizer's chat template turn by turn. For the i-th
-assistant message, `render(messages[:i], add_generation_prompt=True)` is the prompt the
-model sees before it speaks and `render(messages[:i + 1])` the conversation once it has
-spoken; both are tokenized, and the tokens between the two lengths are the assistant's.
-Of those, the tokens the template emits after the end-of-turn marker (the newline after
-ChatML's `<|im_end|>`) are left out: the marker is the last special token of the span
-when only whitespace follows it. Every rendering must be a token prefix of the next and
-of the whole conversation; a template that rewrites earlier turns (one that drops old
-reasoning, say) is refused with an error naming the template and the row. Templates with
-`{% generation %}` markers use transformers' assistant mask instead.
+For the i-th assistant message, the *served context* is `render(messages[:i],
+add_generation_prompt=True)` tokenized alone (what a server sends the model) and the *served
+turn* is what the model then generates: the tokens of `render(messages[:i + 1])` after that
+context, through the end-of-turn marker (the marker is the last special token of the turn when
+only whitespace follows it; ChatML's newline after `<|im_end|>` is not generated). A sample
+trains turn i only where its tokens are the served context followed by the served turn, so
+training and serving see the same tokens.
 
-No step ever searches the text for the answer, so an answer that also appears earlier in
-the conversation is still labelled where the assistant said it. Labels are unshifted
-(HF convention) and the first position of every sample is -100.
+The whole conversation is one sample when every turn is found in its rendering that way. A
+template that rewrites earlier turns (Qwen3 drops the reasoning of turns before the last user
+query; some templates render a tool result differently when it is last) gives the turns it
+rewrote samples of their own: the served context plus the turn. Within a turn, assistant text
+and tool calls train; the reasoning block trains unless `train_on_reasoning` is off, an empty
+thinking block is masked with `ignore_empty_think`, and a message with `train: false` is not
+trained. The reasoning block is located on tokens too: it is the common token prefix of the turn
+and of the same turn rendered with its reasoning but no answer.
+
+No step ever searches the text for the answer, so an answer that also appears earlier in the
+conversation is still labelled where the assistant said it. Labels are unshifted (HF
+convention) and the first position of every sample is -100.
 """
 
 from __future__ import annotations
@@ -22,39 +28,95 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from arctic_core.data.errors import DataError
 
 IGNORE = -100
 FIXED_DATE = "26 Jul 2024"
 """Passed as `date_string` to every template, so templates that print today's date render stably."""
 
-_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_INLINE_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 
 Message = dict[str, Any]
 Tokens = tuple[list[int], list[int]]
 
 
-def has_generation_markers(template: str | None) -> bool:
-    return bool(template) and bool(_GENERATION.search(template or ""))
+@attrs.frozen
+class Turn:
+    """One assistant turn as served: its context, its tokens, and the parts of them not trained."""
+
+    index: int
+    """The message's position in the conversation."""
+    context: list[int]
+    """The served context: the conversation so far with the generation prompt, tokenized alone."""
+    tokens: list[int]
+    """What the model generates for this turn, through its end-of-turn marker."""
+    masked: tuple[tuple[int, int], ...] = ()
+    """`[start, end)` ranges of `tokens` that are not trained (reasoning, an empty think block)."""
+    trained: bool = True
+    """False for a message marked `train: false` (or `weight: 0`)."""
+
+    def labels(self) -> list[int]:
+        """The turn's labels: its tokens, with the masked ranges (or all, if not trained) ignored."""
+        if not self.trained:
+            return [IGNORE] * len(self.tokens)
+        labels = list(self.tokens)
+        for start, end in self.masked:
+            labels[start:end] = [IGNORE] * (end - start)
+        return labels
+
+    def found_in(self, ids: Sequence[int]) -> bool:
+        """Whether `ids` holds this turn as served: the context, then the turn's tokens."""
+        n = len(self.context)
+        return list(ids[:n]) == self.context and list(ids[n : n + len(self.tokens)]) == self.tokens
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class ChatMasker:
     """Tokenizes conversations and labels the assistant's tokens (all tokens when `mask_inputs` is off)."""
 
-    def __init__(self, tokenizer: Any, *, mask_inputs: bool = True, template_name: str = "chat template"):
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        mask_inputs: bool = True,
+        template_name: str = "chat template",
+        train_on_reasoning: bool = True,
+        ignore_empty_think: bool = False,
+    ):
         self.tokenizer = tokenizer
         self.mask_inputs = mask_inputs
         self.template_name = template_name
+        self.train_on_reasoning = train_on_reasoning
+        self.ignore_empty_think = ignore_empty_think
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         self.special_ids = set(tokenizer.all_special_ids) | {
             i for i, t in added.items() if getattr(t, "special", False)
         }
-        self.use_markers = has_generation_markers(tokenizer.chat_template)
 
-    def render(self, messages: Sequence[Message], *, generation_prompt: bool, where: str = "") -> str:
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        generation_prompt: bool,
+        where: str = "",
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The template's text for `messages` (with `tools`), as a server would render it."""
         try:
             return self.tokenizer.apply_chat_template(
-                list(messages),
+                [_for_template(m) for m in messages],
+                tools=tools or None,
                 tokenize=False,
                 add_generation_prompt=generation_prompt,
                 date_string=FIXED_DATE,
@@ -65,64 +127,126 @@ class ChatMasker:
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def __call__(self, messages: Sequence[Message], where: str, train_from: int = 0) -> Tokens:
-        """`(input_ids, labels)` for one conversation; `where` names the source and row in errors.
+    def __call__(
+        self,
+        messages: Sequence[Message],
+        where: str,
+        train_from: int = 0,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Tokens:
+        """`(input_ids, labels)` of a conversation that must be one sample (a preference pair's side).
 
         Only assistant messages at index `train_from` or later are trained (a preference pair's
         prompt may hold earlier assistant turns).
         """
-        if not self.mask_inputs:
-            ids = self.encode([self.render(messages, generation_prompt=False, where=where)])[0]
-            labels = list(ids)
-        elif self.use_markers:
-            ids, labels = self._with_markers(messages, where, train_from)
-        else:
-            ids, labels = self._by_prefixes(messages, where, train_from)
-        if labels:
-            labels[0] = IGNORE
-        return ids, labels
-
-    def _with_markers(self, messages: Sequence[Message], where: str, train_from: int) -> Tokens:
-        try:
-            out = self.tokenizer.apply_chat_template(
-                list(messages),
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=True,
-                date_string=FIXED_DATE,
+        samples = self.samples(messages, where, train_from=train_from, tools=tools)
+        if len(samples) > 1:
+            raise DataError(
+                f"{where}: the {self.template_name} renders earlier turns of this conversation differently "
+                f"once later turns follow, so it needs {len(samples)} samples; a preference pair's side must "
+                "be one sequence"
             )
-        except Exception as exc:
-            raise DataError(f"{where}: the {self.template_name} failed on this conversation: {exc}") from None
-        ids = list(out["input_ids"])
-        labels = [t if m else IGNORE for t, m in zip(ids, out["assistant_masks"])]
-        if train_from > 0:
-            prompt = self.encode([self.render(messages[:train_from], generation_prompt=True, where=where)])[0]
-            if ids[: len(prompt)] != prompt:
-                raise self._not_prefix(where, "the prompt")
-            labels[: len(prompt)] = [IGNORE] * len(prompt)
-        return ids, labels
+        return samples[0]
 
-    def _by_prefixes(self, messages: Sequence[Message], where: str, train_from: int) -> Tokens:
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= train_from]
-        texts = [self.render(messages, generation_prompt=False, where=where)]
-        for i in turns:
-            texts += [
-                self.render(messages[:i], generation_prompt=True, where=where),
-                self.render(messages[: i + 1], generation_prompt=False, where=where),
-            ]
-        encoded = self.encode(texts)
-        ids = encoded[0]
-        labels = [IGNORE] * len(ids)
-        for k, turn in enumerate(turns):
-            before, after = encoded[1 + 2 * k], encoded[2 + 2 * k]
-            for part, what in ((before, "the prompt before"), (after, "the conversation up to")):
-                if ids[: len(part)] != part:
-                    raise self._not_prefix(where, f"{what} assistant message {turn}")
-            start, end = len(before), self._end_of_turn(ids, len(before), len(after))
-            labels[start:end] = ids[start:end]
-        return ids, labels
+    def samples(
+        self,
+        messages: Sequence[Message],
+        where: str,
+        *,
+        train_from: int = 0,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[Tokens]:
+        """The samples of one conversation: the whole of it, plus one per turn its rendering rewrote."""
+        whole = self.encode([self.render(messages, generation_prompt=False, where=where, tools=tools)])[0]
+        if not self.mask_inputs:
+            return [_first_ignored(whole, list(whole))]
+        left = [t for t in self.turns(messages, where, train_from=train_from, tools=tools) if t.trained]
+        if not left:  # nothing to train: one sample, dropped later as having no trainable token
+            return [_first_ignored(whole, [IGNORE] * len(whole))]
+        out, ids = [], whole
+        while True:
+            labels = [IGNORE] * len(ids)
+            covered = [t for t in left if t.found_in(ids)]
+            for turn in covered:
+                start = len(turn.context)
+                labels[start : start + len(turn.tokens)] = turn.labels()
+            if covered:
+                out.append(_first_ignored(ids, labels))
+            left = [t for t in left if t not in covered]
+            if not left:
+                return out
+            ids = left[-1].context + left[-1].tokens
 
-    def _end_of_turn(self, ids: list[int], start: int, end: int) -> int:
+    def turns(
+        self,
+        messages: Sequence[Message],
+        where: str,
+        *,
+        train_from: int = 0,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[Turn]:
+        """Every assistant turn at `train_from` or later, as served (see the module docstring)."""
+        out = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant" or i < train_from:
+                continue
+            context_text = self.render(messages[:i], generation_prompt=True, where=where, tools=tools)
+            context = self.encode([context_text])[0]
+            tokens = self._generated(messages[: i + 1], context_text, context, where, tools)
+            masked = self._reasoning(messages, i, context_text, context, tokens, where, tools)
+            out.append(Turn(i, context, tokens, masked, m.get("train", True) is not False))
+        return out
+
+    def _generated(
+        self,
+        messages: Sequence[Message],
+        context_text: str,
+        context: list[int],
+        where: str,
+        tools: list[dict[str, Any]] | None,
+    ) -> list[int]:
+        """The tokens the model generates after `context` for the last of `messages`, through end of turn."""
+        text = self.render(messages, generation_prompt=False, where=where, tools=tools)
+        ids = self.encode([text])[0]
+        if ids[: len(context)] != context:
+            if not text.startswith(context_text):
+                raise DataError(
+                    f"{where}: the {self.template_name} renders the conversation before assistant message "
+                    f"{len(messages) - 1} differently once that message follows, so what it generates cannot "
+                    "be told apart from its context. Fix the template (its generation prompt must begin "
+                    "the assistant's turn as it is rendered)."
+                )
+            ids = context + self.encode([text[len(context_text) :]])[0]
+        return ids[len(context) : self.end_of_turn(ids, len(context), len(ids))]
+
+    def _reasoning(
+        self,
+        messages: Sequence[Message],
+        i: int,
+        context_text: str,
+        context: list[int],
+        tokens: list[int],
+        where: str,
+        tools: list[dict[str, Any]] | None,
+    ) -> tuple[tuple[int, int], ...]:
+        """The token range of turn i's reasoning block, when it is not trained (else none)."""
+        m = messages[i]
+        inline = _INLINE_THINK.match(m.get("content") or "") if "reasoning_content" not in m else None
+        reasoning = m.get("reasoning_content", inline.group(1) if inline else None)
+        if reasoning is None:
+            return ()
+        empty = not reasoning.strip()
+        if (empty and not self.ignore_empty_think) or (not empty and self.train_on_reasoning):
+            return ()
+        if inline:
+            bare = {"role": "assistant", "content": inline.group(0)}
+        else:
+            bare = {"role": "assistant", "content": "", "reasoning_content": reasoning}
+        variant = self._generated([*messages[:i], bare], context_text, context, where, tools)
+        end = min(common_prefix(tokens, variant), len(tokens) - 1)  # the end-of-turn marker still trains
+        return ((0, end),) if end > 0 else ()
+
+    def end_of_turn(self, ids: list[int], start: int, end: int) -> int:
         """Where the assistant's span ends: just after its end-of-turn marker, if whitespace follows it."""
         for j in range(end - 1, start - 1, -1):
             if ids[j] in self.special_ids:
@@ -130,12 +254,16 @@ class ChatMasker:
                 return j + 1 if not tail.strip() else end
         return end
 
-    def _not_prefix(self, where: str, what: str) -> DataError:
-        return DataError(
-            f"{where}: the {self.template_name} does not render conversations turn by turn: {what} is not a "
-            "token prefix of the whole conversation, so assistant tokens cannot be located. Use a template "
-            "that renders earlier turns unchanged, or add {% generation %} markers to it."
-        )
+
+def _for_template(message: Message) -> Message:
+    """A message without Arctic's own fields (`train`), as a server would pass it to the template."""
+    return {k: v for k, v in message.items() if k != "train"}
+
+
+def _first_ignored(ids: list[int], labels: list[int]) -> Tokens:
+    if labels:
+        labels[0] = IGNORE
+    return ids, labels
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:

@@ -11,14 +11,10 @@ from arctic_core.data.tokenizer import load_tokenizer
 from arctic_core.errors import ArcticError
 
 
-def prepare(recipe: str, overrides: Sequence[str] = ()) -> str:
-    """Prepare the data of `recipe` (with its trainer's `data_factory_class`, if it names one).
-
-    Returns a short report: where the cache entry is and how many samples and rows it holds.
-    """
+def factory_for(recipe: str, overrides: Sequence[str] = ()) -> DataFactory:
+    """The data factory a run of `recipe` would use (its trainer's `data_factory_class`, if it names one)."""
     from arctic_core.recipe import load_recipe
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     loaded = load_recipe(recipe, overrides)
     try:
         trainer_class = loaded.trainer_class()
@@ -26,7 +22,17 @@ def prepare(recipe: str, overrides: Sequence[str] = ()) -> str:
         raise ArcticError(f"cannot load the trainer for type {loaded.config.type!r}: {exc}") from None
     factory_class = getattr(trainer_class, "data_factory_class", None) or DataFactory
     config = loaded.config
-    factory = factory_class(config, load_tokenizer(config), run_dir=Path(config.run_dir))
+    return factory_class(config, load_tokenizer(config), run_dir=Path(config.run_dir))
+
+
+def prepare(recipe: str, overrides: Sequence[str] = ()) -> str:
+    """Prepare the data of `recipe` (with its trainer's `data_factory_class`, if it names one).
+
+    Returns a short report: where the cache entry is and how many samples and rows it holds.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    factory = factory_for(recipe, overrides)
+    config = factory.config
     from arctic_core.stops import signals_raise
 
     with signals_raise():  # a stop while tokenizing is reported with its phase

@@ -1,7 +1,8 @@
 """Per-source processing: normalise each row, tokenize and mask it, and apply the length rules.
 
 `SampleBuilder` is the batched `datasets.map` function. Every input row yields one output
-row (a plain-text document yields one per `max_length` piece) with a `status`: `ok`,
+row (a plain-text document yields one per `max_length` piece; a conversation whose template
+rewrites earlier turns yields one more per rewritten turn, `arctic_core.data.masking`) with a `status`: `ok`,
 `truncated`, or a drop reason (`too_long`, `no_trainable_tokens`); dropped rows carry no
 tokens and are filtered out after their reasons are counted. With `data.strict` a drop or
 a truncation is an error naming the source and row instead.
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from arctic_core.config import DataConfig
-from arctic_core.data import masking
+from arctic_core.data import masking, parity
 from arctic_core.data.errors import DataError
 from arctic_core.data.formats import RoleMapping, normalize
 from arctic_core.errors import RecipeError
@@ -21,6 +22,8 @@ from arctic_core.errors import RecipeError
 IGNORE = masking.IGNORE
 OK, TRUNCATED, TOO_LONG, NOTHING_TRAINABLE = "ok", "truncated", "too_long", "no_trainable_tokens"
 KEPT = (OK, TRUNCATED)
+PARITY_ROWS = 16
+"""A source's first rows whose conversations are checked for train/serve parity (a warning when not)."""
 Sample = dict[str, Any]
 
 
@@ -30,8 +33,8 @@ def tokenize_row(
     """The token sequences of one canonical row: `input_ids`/`labels` (or `chosen_*`/`rejected_*`)."""
     kind, tokenizer = row["kind"], masker.tokenizer
     if kind == "chat":
-        ids, labels = masker(row["messages"], where)
-        return [{"input_ids": ids, "labels": labels}]
+        samples = masker.samples(row["messages"], where, tools=row.get("tools"))
+        return [{"input_ids": ids, "labels": labels} for ids, labels in samples]
     if kind == "text":
         return [
             {"input_ids": i, "labels": lab}
@@ -43,7 +46,7 @@ def tokenize_row(
     prompt = row["prompt"]
     sample: Sample = {}
     for side in ("chosen", "rejected"):
-        ids, labels = masker(prompt + row[side], where, train_from=len(prompt))
+        ids, labels = masker(prompt + row[side], where, train_from=len(prompt), tools=row.get("tools"))
         sample[f"{side}_input_ids"], sample[f"{side}_labels"] = ids, labels
     return [sample]
 
@@ -88,7 +91,13 @@ class SampleBuilder:
     def __init__(self, tokenizer: Any, data: DataConfig, source: str, fmt: str, mapping: RoleMapping):
         self.data, self.source, self.fmt, self.mapping = data, source, fmt, mapping
         template = f"chat template of tokenizer {getattr(tokenizer, 'name_or_path', '')!r}"
-        self.masker = masking.ChatMasker(tokenizer, mask_inputs=data.mask_inputs, template_name=template)
+        self.masker = masking.ChatMasker(
+            tokenizer,
+            mask_inputs=data.mask_inputs,
+            template_name=template,
+            train_on_reasoning=data.train_on_reasoning,
+            ignore_empty_think=data.ignore_empty_think,
+        )
         self.columns = (
             ["input_ids", "labels"]
             if fmt != "preference"
@@ -117,7 +126,10 @@ class SampleBuilder:
             row = normalize({name: batch[name][position] for name in names}, self.fmt, self.mapping, where)
             if row["kind"] == "chat" and not self.masker.tokenizer.chat_template:
                 self.check_template()
-            for sample in tokenize_row(row, self.masker, self.data, where):
+            tokenized = tokenize_row(row, self.masker, self.data, where)
+            if index < PARITY_ROWS and self.data.mask_inputs:
+                parity.warn_if_parity_fails(self.masker, row, tokenized, where)
+            for sample in tokenized:
                 sample, status = self.length_rules(sample, where)
                 for key in self.columns:
                     out[key].append(sample[key])
