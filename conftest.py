@@ -8,7 +8,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# The suite starts a few hundred Python processes (`arctic` commands, launchers, ranks), each
+# The suite starts many Python processes (`arctic` commands, launchers, ranks), each
 # importing torch, transformers and DeepSpeed. Where PYTHONDONTWRITEBYTECODE is set (CI's machines
 # set it) and the venv holds no bytecode, every one of them compiled those libraries from source
 # again: about 7 CPU seconds a process. This process and its children write the bytecode once.
