@@ -83,12 +83,22 @@ class CustomTrainer(SFTTrainer):
 """
 
 
+CLIPPING_OFF = ["--set", "deepspeed.gradient_clipping=0.0"]
+
+
+@pytest.fixture(scope="module")
+def plain_sft_run(tmp_path_factory, tiny_model_dirs, chat_data) -> tuple[Path, list[float]]:
+    """The recipe of the custom-trainer tests, trained once as plain sft: (recipe, its losses)."""
+    folder = tmp_path_factory.mktemp("seed-readme")
+    base = write_recipe(folder, type="sft", model=tiny_model_dirs["untied"], data=chat_data)
+    arctic("train", str(base), *CLIPPING_OFF, "--set", f"logger.output_dir={folder / 'sft'}", cwd=folder)
+    return base, [m["loss"] for m in read_metrics(folder / "sft" / "metrics.jsonl")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("via", ["code", "train.py"])
-def test_custom_trainer_from_the_seed_readme(tmp_path, tiny_model_dirs, chat_data, via):
-    base = write_recipe(tmp_path, type="sft", model=tiny_model_dirs["untied"], data=chat_data)
-    common = ["--set", "deepspeed.gradient_clipping=0.0"]
-    arctic("train", str(base), *common, "--set", f"logger.output_dir={tmp_path / 'sft'}", cwd=tmp_path)
+def test_custom_trainer_from_the_seed_readme(tmp_path, plain_sft_run, via):
+    base, sft = plain_sft_run
     work = tmp_path / "custom"
     work.mkdir()
     if via == "code":
@@ -101,7 +111,7 @@ def test_custom_trainer_from_the_seed_readme(tmp_path, tiny_model_dirs, chat_dat
         "sft",
         "train",
         str(base),
-        *common,
+        *CLIPPING_OFF,
         *extra,
         "--set",
         "type=my_custom_trainer",
@@ -109,8 +119,8 @@ def test_custom_trainer_from_the_seed_readme(tmp_path, tiny_model_dirs, chat_dat
         f"logger.output_dir={work / 'run'}",
         cwd=work,
     )
-    sft = [m["loss"] for m in read_metrics(tmp_path / "sft" / "metrics.jsonl")]
     custom = [m["loss"] for m in read_metrics(work / "run" / "metrics.jsonl")]
+    assert len(custom) == len(sft) == 4
     assert custom[0] == 2 * sft[0]  # the same first batch and weights: exactly twice
     # Adam is invariant to the loss scale up to its epsilon, so later steps stay twice as large.
     assert custom == pytest.approx([2 * x for x in sft], rel=1e-4)

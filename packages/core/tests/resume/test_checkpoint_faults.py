@@ -21,7 +21,6 @@ from resume_support import arctic_train, explain, metrics, write_recipe
 from arctic_core.engine.integrity import MANIFEST_FILE, write_manifest
 from arctic_core.engine.resume import STATE_FILE, newest_checkpoint
 from arctic_core.errors import RecipeError
-from arctic_core.testing import datasets
 
 pytest_plugins = ["arctic_core.testing.fixtures"]
 
@@ -29,20 +28,13 @@ MODEL_STATES = "state/mp_rank_00_model_states.pt"
 
 
 @pytest.fixture(scope="module")
-def chat_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return datasets.write_dataset(tmp_path_factory.mktemp("ckpt-data") / "chat.jsonl", "chat", n=24, seed=0)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir: Path, chat_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("trained")
-    result = arctic_train(write_recipe(folder, model=tiny_model_dir, data=chat_data))
-    assert result.returncode == 0, explain(result)
-    out = folder / "run/checkpoints/deepspeed"
+def trained(one_rank_run: Path) -> Path:
+    """conftest's `one_rank_run`: its two newest checkpoints, the model states in their manifests."""
+    out = one_rank_run / "checkpoints/deepspeed"
     assert sorted(p.name for p in out.iterdir()) == ["global_step_12", "global_step_8"]
     manifest = json.loads((out / "global_step_12" / MANIFEST_FILE).read_text())["files"]
     assert MODEL_STATES in manifest and STATE_FILE not in manifest
-    return folder / "run"
+    return one_rank_run
 
 
 def copy_run(trained: Path, folder: Path, model: Path, data: Path) -> tuple[Path, Path]:

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 from resume_support import arctic_train, explain, metrics, start_train, write_recipe
 
-from arctic_core.testing import datasets
-
 pytest_plugins = ["arctic_core.testing.fixtures"]
 
 pytestmark = pytest.mark.slow
@@ -28,17 +26,9 @@ STEPS, STEPS_PER_EPOCH = 12, 6
 
 
 @pytest.fixture(scope="module")
-def chat_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return datasets.write_dataset(tmp_path_factory.mktemp("resume-data") / "chat.jsonl", "chat", n=24, seed=0)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path, chat_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """The uninterrupted run's metrics lines (timings left out)."""
-    recipe = write_recipe(tmp_path_factory.mktemp("reference"), model=tiny_model_dir, data=chat_data)
-    result = arctic_train(recipe)
-    assert result.returncode == 0, explain(result)
-    records = metrics(recipe.parent / "run")
+def reference(one_rank_run: Path) -> list[dict]:
+    """The uninterrupted run's metrics lines (timings left out); the run is conftest's `one_rank_run`."""
+    records = metrics(one_rank_run)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     assert sum(r["epoch"] == 0 for r in records) == STEPS_PER_EPOCH
     assert records[-1]["loss"] < records[0]["loss"]
