@@ -79,3 +79,20 @@ def test_qwen3_30b_a3b_is_30_5b_with_3_3b_active() -> None:
 def test_dense_model_is_all_active() -> None:
     config = tiny_config("llama")
     assert active_parameters(config) == ModelShape.from_hf_config(config).parameters()
+
+
+def test_lora_on_expert_tensors_counts_as_peft_builds_it() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from arctic_core.plan.shape import lora_parameters
+
+    settings = {
+        "r": 4,
+        "target_modules": ["q_proj"],
+        "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+    }
+    config = tiny_config("qwen3_moe")
+    with torch.device("meta"):
+        model = get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(**settings))
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora_parameters(ModelShape.from_hf_config(config), settings) == trained

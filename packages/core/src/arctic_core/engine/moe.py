@@ -13,7 +13,8 @@ No expert parallelism: every rank holds (a ZeRO shard of) every expert, as for a
   logits during the trained model's forwards inside `Trainer.loss` (not during evaluation nor
   during activation-checkpointing recomputes). The micro-batch's auxiliary load-balancing loss
   A_i is the model's own function (`load_balancing_loss_func` of its modeling module, Switch
-  Transformer eq. 4-6, padding excluded by the forward's attention mask) over those logits; a
+  Transformer eq. 4-6) over those logits, padding excluded by the forward's attention mask or, in
+  a packed batch (no attention mask), by the batch's `token_mask`; a
   loss hook that runs several forwards (DPO: chosen and rejected) gets the mean of theirs.
   The micro-batch's training loss becomes L_i + c·A_i, c = `model.router_aux_loss_coef` (unset:
   the model's `router_aux_loss_coef`), so the step's loss is sum_i w_i (L_i + c·A_i) / W with the
@@ -162,10 +163,12 @@ class RouterRecorder:
         """Record the forwards from now until `take()`."""
         self.forwards, self.recording = [], True
 
-    def take(self) -> torch.Tensor | None:
+    def take(self, token_mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """Stop recording; the recorded forwards' mean aux loss A_i (None when nothing was recorded).
 
         Adds each forward's tokens per expert and layer (padding excluded) to the step's counts.
+        Padding is what the forward's attention mask excludes, else `token_mask` (a packed batch's
+        real tokens) when it has one entry per routed token.
         """
         self.recording = False
         forwards, self.forwards = self.forwards, []
@@ -173,6 +176,8 @@ class RouterRecorder:
         for mask, logits in forwards:
             if not logits:
                 continue
+            if mask is None and token_mask is not None and token_mask.numel() == logits[0].shape[0]:
+                mask = token_mask
             self.step_counts += expert_counts(logits, self.top_k, self.num_experts, mask)
             if self.loss_function is not None:
                 losses.append(self.loss_function(tuple(logits), self.num_experts, self.top_k, mask))
@@ -266,7 +271,7 @@ def loss_with_router(recorder: RouterRecorder | None, loss: Callable[[Any], Any]
     try:
         out = as_loss_output(loss(batch))
     finally:
-        aux = recorder.take()
+        aux = recorder.take(batch.get("token_mask") if isinstance(batch, dict) else None)
     if aux is None:
         return out
     total = out.loss + recorder.coef * aux.to(out.loss) if recorder.coef else out.loss

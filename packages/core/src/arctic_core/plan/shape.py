@@ -235,4 +235,21 @@ def lora_parameters(shape: ModelShape, peft_config: dict[str, Any]) -> int:
         if name in LORA_TARGETS:
             fan_in, fan_out = (getattr(shape, attr) for attr in LORA_TARGETS[name])
             per_layer += rank * (int(fan_in) + int(fan_out))
-    return per_layer * shape.layers
+    return per_layer * shape.layers + expert_lora_parameters(shape, peft_config)
+
+
+EXPERT_TARGETS = {"gate_up_proj": ("hidden", 2), "down_proj": ("hidden", 1)}
+"""An MoE layer's 3-D expert tensors [E, out, in] that `target_parameters` may name: peft adapts each
+with lora_A (r·E x in) and lora_B (out x r·E), so r·E·(H + width x I_e) per layer."""
+
+
+def expert_lora_parameters(shape: ModelShape, peft_config: dict[str, Any]) -> int:
+    """Trainable parameters of LoRA on expert tensors (`target_parameters`, peft's ParamWrapper)."""
+    rank = int(peft_config.get("r", 8))
+    per_layer = 0
+    for name in peft_config.get("target_parameters") or []:
+        key = str(name).rsplit(".", 1)[-1]
+        if shape.experts and key in EXPERT_TARGETS:
+            widths = EXPERT_TARGETS[key][1]
+            per_layer += rank * shape.experts * (shape.hidden + widths * shape.expert_intermediate)
+    return per_layer * shape.moe_layers
