@@ -117,12 +117,11 @@ class RouterRecorder:
     """
 
     def __init__(self, model: torch.nn.Module, family: MoeFamily, coef: float):
-        self.model = causal_lm(model)
+        self.model: Any = causal_lm(model)
         self.family = family
         self.coef = coef
-        config = self.model.config
-        self.num_experts = int(getattr(self.model, "num_experts", 0) or config.num_experts)
-        self.top_k = int(getattr(self.model, "num_experts_per_tok", 0) or config.num_experts_per_tok)
+        self.num_experts = _first_int(self.model, "num_experts", "num_local_experts", "n_routed_experts")
+        self.top_k = _first_int(self.model, "num_experts_per_tok")
         self.loss_function: Callable[..., Any] | None = None
         if family.aux_loss:
             module = sys.modules[type(self.model).__module__]
@@ -157,7 +156,8 @@ class RouterRecorder:
 
     def _keep(self, _: Any, __: Any, output: Any) -> None:
         if self.recording and self.in_forward and self.forwards:
-            self.forwards[-1][1].append(output[self.family.router_index])
+            logits = output if isinstance(output, torch.Tensor) else output[self.family.router_index]
+            self.forwards[-1][1].append(logits)
 
     def start(self) -> None:
         """Record the forwards from now until `take()`."""
@@ -195,6 +195,16 @@ class RouterRecorder:
         """Remove every hook."""
         for handle in self.handles:
             handle.remove()
+
+
+def _first_int(model: Any, *names: str) -> int:
+    """The first of `names` set on the model or its config (families name the expert count differently)."""
+    for source in (model, model.config):
+        for name in names:
+            value = getattr(source, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    raise RecipeError(f"{type(model).__name__} sets none of {', '.join(names)}", path="model.name_or_path")
 
 
 def expert_counts(
