@@ -297,14 +297,14 @@ def test_keys_arctic_does_not_have_are_refused_together_with_reasons(tmp_path, m
         f"""
         type: dpo
         expert_parallel_size: 8
-        arctic_moe: auto
+        arctic_moe: true
+        enable_routing_replay: true
         overfit_first_batch: true
         mem_profiler: step
         ignore_label_index: -1
         reference_model_deepspeed: {{zero_optimization: {{stage: 3}}}}
         model: {{name_or_path: {model_dir}}}
         tokenizer: {{type: sentencepiece}}
-        optimizer: {{type: fused_adam_moe}}
         scheduler: {{name: polynomial, scheduler_specific_kwargs: {{power: 2.0}}}}
         data:
           fail_on_missing_cache: true
@@ -320,12 +320,12 @@ def test_keys_arctic_does_not_have_are_refused_together_with_reasons(tmp_path, m
     for key in (
         "expert_parallel_size",
         "arctic_moe",
+        "enable_routing_replay",
         "overfit_first_batch",
         "mem_profiler",
         "ignore_label_index",
         "reference_model_deepspeed",
         "tokenizer.type",
-        "optimizer.type",
         "scheduler.name",
         "scheduler.scheduler_specific_kwargs.power",
         "data.fail_on_missing_cache",
@@ -378,3 +378,25 @@ def test_recipe_error_names_the_file(tmp_path):
     with pytest.raises(RecipeError) as caught:
         load_recipe(recipe)
     assert str(recipe) in str(caught.value) and "mem_profiler" in str(caught.value)
+
+
+def test_moe_keys_with_a_meaning_are_accepted(tmp_path, model_dir):
+    recipe = write(
+        tmp_path,
+        f"""
+        type: sft
+        arctic_moe: auto
+        expert_parallel_size: 1
+        enable_arctic_moe_custom_optimization: false
+        model: {{name_or_path: {model_dir}}}
+        optimizer: {{type: cpu_adam_moe}}
+        data:
+          sources: [{datasets.write_dataset(tmp_path / "chat.jsonl", "chat", n=8)}]
+        """,
+    )
+    code, output = check(recipe)
+    assert code == 0, output
+    warned = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert any("arctic_moe = 'auto'" in line and "transformers' MoE blocks" in line for line in warned)
+    assert any("'cpu_adam_moe' read as 'cpu_adam'" in line for line in warned)
+    assert show(recipe)["optimizer"]["type"] == "cpu_adam"

@@ -139,6 +139,14 @@ class ModelConfig:
     frozen_parameters: list[str] = setting(factory=list, doc="Glob patterns of parameter names to freeze.")
     trust_remote_code: bool = setting(False, doc="Allow model code from the model's folder or hub repo.")
     revision: str | None = setting(None, doc="Hub revision (branch, tag or commit).")
+    router_aux_loss_coef: float | None = setting(
+        None,
+        doc="MoE models: weight of the router's load-balancing loss in the loss; unset: the model's own, 0: off.",
+        check=at_least(0.0),
+    )
+    moe_leaf_modules: list[str] = setting(
+        factory=list, doc="MoE models: more module class names to mark as ZeRO-3 leaf modules (docs/moe.md)."
+    )
 
     def __attrs_post_init__(self) -> None:
         _canonical(self, "dtype", DTYPE_ALIASES[self.dtype])

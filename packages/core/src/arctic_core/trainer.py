@@ -129,6 +129,8 @@ class Trainer(Generic[ConfigT]):
         self.collate: Any = None
         self.model: Any = None
         self.trainable_names: list[str] = []
+        self.router: Any = None
+        """An MoE model's `arctic_core.engine.moe.RouterRecorder` (router loss, expert load); None if dense."""
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.engine: Any = None

@@ -57,7 +57,14 @@ class Refused:
     neutral: Any = _ANY
 
 
-_MOE = "Arctic has no expert parallelism or ArcticMoE kernels; train MoE models with ZeRO data parallelism"
+_MOE = (
+    "Arctic has no expert parallelism or ArcticMoE kernels: every rank holds (a ZeRO shard of) every expert; "
+    "train MoE models with transformers' MoE blocks under ZeRO data parallelism (docs/moe.md)"
+)
+_MOE_AUTO = (
+    "Arctic trains MoE models with transformers' MoE blocks (ZeRO-3 leaf modules, router loss; docs/moe.md), "
+    "never with ArcticMoE's kernels"
+)
 _LOG_EVERY_STEP = "Arctic writes every optimizer step's metrics to train_log_metrics_path"
 
 KEYS: dict[str, Kept | Refused] = {
@@ -82,10 +89,13 @@ KEYS: dict[str, Kept | Refused] = {
         "micro_batch_size * gradient_accumulation_steps and train_iters",
         False,
     ),
-    "expert_parallel_size": Refused(_MOE, 1),
-    "arctic_moe": Refused(_MOE, False),
-    "enable_arctic_moe_custom_optimization": Refused(_MOE, False),
-    "enable_routing_replay": Refused(_MOE, False),
+    "expert_parallel_size": Refused(f"{_MOE}; set expert_parallel_size = 1", 1),
+    "arctic_moe": Refused(f"{_MOE}; arctic_moe = 'auto' or false trains with them", False),
+    "enable_arctic_moe_custom_optimization": Refused(f"{_MOE}; these are ArcticMoE's kernels", False),
+    "enable_routing_replay": Refused(
+        "Arctic does not replay recorded expert choices (routing replay); the router routes every forward",
+        False,
+    ),
     # [model]
     "model.save_name": Kept("Arctic names exports by checkpoint[].output_dir", None),
     "ref_model.save_name": Kept("the reference model is never saved", None),
@@ -182,6 +192,9 @@ def translate(raw: dict[str, Any], config_class: type) -> tuple[list[Problem], l
     for name in ("model", "ref_model", "tokenizer", "data", "scheduler", "optimizer", "logger", "wandb"):
         if isinstance(raw.get(name), dict):
             tables[name] = raw[name]
+    if raw.get("arctic_moe") == "auto" and "arctic_moe" not in _fields(config_class):
+        del raw["arctic_moe"]  # ArcticTraining's "ArcticMoE where it applies": here it never does
+        result.notes.append(f"arctic_moe = 'auto': {_MOE_AUTO}")
     for path, rule in KEYS.items():
         table_name, _, key = path.rpartition(".")
         table = tables.get(table_name)
@@ -233,9 +246,12 @@ def _optimizer(table: dict[str, Any], config_class: type, name: str, result: _Re
     kind = table.get("type")
     if kind == "":
         del table["type"]
-    elif isinstance(kind, str) and kind.endswith("_moe"):
-        table.pop("type")
-        result.refused(f"{name}.type", f"{_MOE}; use {kind.removesuffix('_moe')!r}")
+    elif isinstance(kind, str) and kind.endswith("_moe"):  # expert parameters in their own group, for EP
+        table["type"] = kind.removesuffix("_moe")
+        result.notes.append(
+            f"{name}.type = {kind!r} read as {table['type']!r}: without expert parallelism the experts' "
+            "parameters need no group of their own (docs/moe.md)"
+        )
 
 
 # transformers' schedule names that Arctic reads as one of its own (with scheduler_specific_kwargs).

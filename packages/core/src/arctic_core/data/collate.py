@@ -4,7 +4,9 @@ Rows are right-padded to a multiple of `div_length` (or to `max_length` with
 `pad_to = "max_length"`): `input_ids` with the pad token (the EOS token when the tokenizer
 has none), `labels` with -100, `position_ids` counting on through the padding. Packed rows
 (they carry `position_ids`) get no `attention_mask`, so the model sees the position resets
-and keeps samples apart; unpacked batches get a 0/1 `attention_mask`.
+and keeps samples apart, but a `token_mask` (1 on real tokens) that only statistics over tokens
+read (an MoE router's load-balancing loss, `arctic_core.engine.moe`); unpacked batches get a
+0/1 `attention_mask`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def collate_rows(
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if not packed:
         batch["attention_mask"] = attention_mask
+    else:  # never given to the model: which positions are real tokens, for an MoE router's statistics
+        batch["token_mask"] = attention_mask
     batch["num_tokens"] = attention_mask.sum()
     batch["num_trainable_tokens"] = (labels != IGNORE).sum()
     return batch

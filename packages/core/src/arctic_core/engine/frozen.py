@@ -94,8 +94,12 @@ def build_frozen(
 ) -> FrozenModel:
     """A frozen model from a `[model]` table (weights as the trained model loads them; seeded if random)."""
     from arctic_core.engine.model import build_model
+    from arctic_core.engine.moe import mark_leaf_modules
 
     source = attrs.evolve(config, disable_activation_checkpoint=True, peft_config=None)
     frozen_ds = frozen_ds_config(ds_config)
     module = build_model(source, frozen_ds, seed=seed, auto_class=auto_class)
+    mark_leaf_modules(
+        module, config.moe_leaf_modules
+    )  # an MoE companion's sparse blocks, as the trained model's
     return prepare_frozen(module, frozen_ds, device, mpu)

@@ -9,6 +9,9 @@ every rank (one all-reduce before the first forward). DeepSpeed sums gradients o
 and divides by the D data-parallel replicas, so the loop hands `engine.backward` the loss
 times `w_i x D / W` and asks it not to divide by the accumulation steps (`scale_wrt_gas=False`).
 
+For a mixture-of-experts model the loss of micro-batch i is L_i + c·A_i, its router's
+load-balancing loss A_i times the coefficient c, under the same weights (`arctic_core.engine.moe`).
+
 Metrics a loss returns (`LossOutput.metrics`, per-micro-batch means) are reported as weighted
 means over the step (or the evaluation), weighted by `LossOutput.weight` (default: w_i).
 """
@@ -252,6 +255,7 @@ def train_step(trainer: Trainer, micro_batches: list[dict[str, Any]]) -> dict[st
     Returns the step's metrics record (its `seconds` so far; `write_metrics` completes it).
     """
     from arctic_core.engine import distributed
+    from arctic_core.engine.moe import loss_with_router
 
     start = time.perf_counter()
     step, engine = trainer.state.global_step + 1, trainer.engine
@@ -266,7 +270,7 @@ def train_step(trainer: Trainer, micro_batches: list[dict[str, Any]]) -> dict[st
     weighted = torch.zeros((), dtype=torch.float64, device=trainer.device)
     metrics = WeightedMeans()
     for i, (batch, weight) in enumerate(zip(batches, weights)):
-        out = as_loss_output(trainer.loss(batch))
+        out = loss_with_router(trainer.router, trainer.loss, batch)  # + c·A_i for MoE models
         weighted += out.loss.detach().double() * weight
         metrics.add(out.metrics, weight if out.weight is None else out.weight)
         engine.backward(out.loss * (weight * replicas / total), scale_wrt_gas=False)
@@ -305,6 +309,8 @@ def close_step(
         "trainable_tokens": int(labelled),
         **metrics.means(distributed.all_reduce_sum),
     }
+    if trainer.router is not None:  # MoE: the step's expert load over every rank
+        record.update(trainer.router.step_metrics(distributed.all_reduce_sum))
     trainer.before_optimizer_step()
     return record
 

@@ -150,10 +150,28 @@ def apply_adapters(
     peft = import_peft()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        wrapped = peft.get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+        try:
+            wrapped = peft.get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+        except ValueError as exc:  # peft's "target modules not found" and the like
+            raise RecipeError(
+                f"peft cannot apply it to {type(model).__name__}: {exc}{_experts_hint(model)}", path=PATH
+            ) from None
     if activation_checkpointing:
         require_input_grads(model)
     return wrapped
+
+
+def _experts_hint(model: torch.nn.Module) -> str:
+    """For an MoE model: where its expert weights are, as peft's `target_parameters` names them."""
+    names = sorted(
+        {n.split("layers.")[-1].split(".", 1)[-1] for n, p in model.named_parameters() if p.ndim == 3}
+    )
+    if not names:
+        return ""
+    return (
+        f"; this model stores each layer's experts as 3-D parameters ({', '.join(names)}): LoRA adapts "
+        "them with target_parameters (see docs/moe.md), not with target_modules"
+    )
 
 
 def require_input_grads(model: Any) -> None:

@@ -154,8 +154,10 @@ def loaders(trainer: Trainer) -> None:
 
 
 def model(trainer: Trainer) -> None:
-    """Build the model, let the method transform it, add PEFT adapters, choose the trainable parameters."""
+    """Build the model, let the method transform it, add PEFT adapters, choose the trainable parameters;
+    for an MoE model, mark its sparse blocks as ZeRO-3 leaf modules and hook its routers (`engine.moe`)."""
     from arctic_core.engine.model import apply_activation_checkpointing
+    from arctic_core.engine.moe import prepare_moe
     from arctic_core.engine.peft import apply_adapters
 
     trainer.features.before_model(trainer)
@@ -174,6 +176,7 @@ def model(trainer: Trainer) -> None:
         built, trainer.config.model, seed=trainer.config.seed, activation_checkpointing=checkpointing
     )
     trainer.trainable_names = trainer.select_trainable(built)
+    trainer.router = prepare_moe(built, trainer.config.model, trainer.log)  # before the engine is built
     trainer.model = built
 
 

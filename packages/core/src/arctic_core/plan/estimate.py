@@ -151,10 +151,24 @@ def attention_block_bytes(setup: PlanSetup) -> int:
 
 
 def mlp_block_bytes(setup: PlanSetup) -> int:
-    """The post-attention norm and the gated MLP (gate, its activation, up, their product; none when tiled)."""
+    """The post-attention norm and the gated MLP (gate, its activation, up, their product; none when tiled).
+
+    An MoE layer (averaged over the layers): the same for each of the token's k experts (and the shared
+    one), plus its router's logits and fp32 probabilities (E each) and the k copies of its hidden state
+    the experts gather (`moe_router_bytes`).
+    """
     s, w = setup.shape, setup.weight_bytes
-    mlp = 0 if setup.mlp_tile_tokens is not None else 4 * w * s.intermediate
-    return (4 + 2 * w) * s.hidden + mlp
+    mlp = 0 if setup.mlp_tile_tokens is not None else 4 * w * s.active_intermediate
+    return (4 + 2 * w) * s.hidden + mlp + moe_router_bytes(setup)
+
+
+def moe_router_bytes(setup: PlanSetup) -> int:
+    """Per token, averaged over the layers: an MoE layer's router logits (w), probabilities (fp32) and the
+    k gathered copies of the hidden state its experts save (0 for a dense model)."""
+    s, w = setup.shape, setup.weight_bytes
+    if not s.experts:
+        return 0
+    return s.moe_layers * ((w + 4) * s.experts + w * s.experts_per_token * s.hidden) // s.layers
 
 
 def layer_activation_bytes(setup: PlanSetup) -> int:
@@ -166,7 +180,7 @@ def no_grad_layer_bytes(setup: PlanSetup, shape: Any = None) -> int:
     """Per token, the most a decoder layer holds at once in a forward without grad (a frozen model's pass):
     its input, the norm's fp32 copy, q, k and v, the attention output, and the MLP's gate, up and activation."""
     s, w = shape or setup.shape, setup.weight_bytes
-    return w * s.hidden + 4 * s.hidden + w * (2 * s.q_dim + 2 * s.kv_dim) + 3 * w * s.intermediate
+    return w * s.hidden + 4 * s.hidden + w * (2 * s.q_dim + 2 * s.kv_dim) + 3 * w * s.active_intermediate
 
 
 def attention_workspace_bytes(setup: PlanSetup) -> int:
@@ -332,9 +346,9 @@ def zero_buffer_terms(setup: PlanSetup) -> list[Term]:
         note = f"reduce_bucket_size {size:,}" + (" x 2 (overlap_comm)" if double > 1 else "")
         terms.append(Term(name="ZeRO reduce bucket", bytes=size * element * double, note=note))
     if stage >= 3:
-        layer = s.layer_params()
+        layer = s.largest_layer_params()  # an MoE layer with all its experts: its block is a ZeRO-3 leaf
         gathered = (layer + min(layer, setup.zero("stage3_prefetch_bucket_size"))) * w
-        note = "current + prefetched"
+        note = "current + prefetched" + (" (every expert of a layer)" if s.experts else "")
         terms.append(Term(name="ZeRO-3 gathered layers", bytes=gathered, phases=PHASES[:3], note=note))
         head = s.vocab * s.hidden * w
         terms.append(

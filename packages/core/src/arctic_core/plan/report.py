@@ -122,12 +122,32 @@ def _header(report: PlanReport) -> list[str]:
     return [
         f"arctic plan: {report.planner.recipe} on {report.planner.hardware.describe()}",
         f"model: {s.model_type or '?'} hidden {s.hidden}, {s.layers} layers, {s.heads}/{s.kv_heads} heads, "
-        f"MLP {s.intermediate}, vocab {s.vocab:,}: {setup.parameters:,} parameters, {setup.trainable:,} trained",
+        f"{_mlp(s)}, vocab {s.vocab:,}: {setup.parameters:,} parameters, {setup.trainable:,} trained",
+        *_moe_line(s),
         f"run: {setup.world} rank{'' if setup.world == 1 else 's'}{sp}, micro batch {setup.micro_batch} x {setup.sequence:,} tokens "
         f"({setup.local_tokens:,} per rank), {setup.dtype}, ZeRO stage {setup.zero_stage}"
         f"{', optimizer offload' if setup.offload_optimizer else ''}{', parameter offload' if setup.offload_param else ''}",
         *(f"note: {note}" for note in setup.notes),
         "",
+    ]
+
+
+def _mlp(s: Any) -> str:
+    if not s.experts:
+        return f"MLP {s.intermediate}"
+    shared = f" + shared {s.shared_intermediate}" if s.shared_intermediate else ""
+    return f"MoE in {s.moe_layers} layers: {s.experts} experts x {s.expert_intermediate} (top {s.experts_per_token}){shared}"
+
+
+def _moe_line(s: Any) -> list[str]:
+    """Total vs active parameters (what a token runs through; FLOPs follow it), experts' share of the weights."""
+    if not s.experts:
+        return []
+    total = s.parameters()
+    return [
+        f"mixture of experts: {s.active_parameters():,} active parameters per token of {total:,}; "
+        f"the experts hold {s.expert_parameters():,} ({100 * s.expert_parameters() / total:.0f}%), "
+        "all of them in the memory terms (no expert parallelism)"
     ]
 
 
@@ -212,7 +232,11 @@ def as_json(report: PlanReport) -> dict[str, Any]:
                 "loss",
             )
         }
-        | {"notes": list(setup.notes)},
+        | {"notes": list(setup.notes)}
+        | {
+            "active_parameters": setup.shape.active_parameters(),
+            "expert_parameters": setup.shape.expert_parameters(),
+        },
         "terms": [attrs.asdict(term) for term in est.terms],
         "peak": est.peak,
         "peak_phase": est.peak_phase,

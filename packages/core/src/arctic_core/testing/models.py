@@ -22,10 +22,13 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
+    OlmoeConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Qwen2Config,
+    Qwen3MoeConfig,
 )
 
 TOKENIZER_DIR: Path = Path(str(resources.files(__package__).joinpath("tokenizer")))
@@ -39,7 +42,17 @@ CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
     "llama": LlamaConfig,
     "qwen2": Qwen2Config,
     "mistral": MistralConfig,
+    "qwen3_moe": Qwen3MoeConfig,
+    "mixtral": MixtralConfig,
+    "olmoe": OlmoeConfig,
 }
+
+MOE_SIZES: dict[str, dict[str, Any]] = {
+    "qwen3_moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "mixtral": {"num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 32},
+    "olmoe": {"num_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 32},
+}
+"""Mixture-of-experts archs: 8 experts of width 32, 2 chosen per token, in every layer."""
 
 TINY_SIZES: dict[str, Any] = {
     "num_hidden_layers": 2,
@@ -68,7 +81,7 @@ def _special_ids() -> dict[str, int]:
 
 
 def tiny_config(arch: str = "llama", **overrides: Any) -> PretrainedConfig:
-    """A 2-layer, hidden-64 config of `arch` ("llama", "qwen2" or "mistral") for the shipped tokenizer.
+    """A 2-layer, hidden-64 config of `arch` (`CONFIG_CLASSES`: dense or MoE) for the shipped tokenizer.
 
     `overrides` are passed to the config class and win over the tiny defaults.
     """
@@ -81,6 +94,7 @@ def tiny_config(arch: str = "llama", **overrides: Any) -> PretrainedConfig:
         "bos_token_id": ids[BOS_TOKEN],
         "eos_token_id": ids[EOS_TOKEN],
         "pad_token_id": None,
+        **MOE_SIZES.get(arch, {}),
     }
     kwargs.update(overrides)
     return CONFIG_CLASSES[arch](**kwargs)

@@ -150,6 +150,14 @@ class VerifyContext:
         hf_config, _ = load_hf_config(self.config.model)
         return int(hf_config.hidden_size)
 
+    def mixture_of_experts(self) -> bool:
+        """Whether the model is an MoE family Arctic adds a router loss to (`arctic_core.engine.moe`)."""
+        from arctic_core.engine.model import load_hf_config
+        from arctic_core.engine.moe import FAMILIES
+
+        hf_config, _ = load_hf_config(self.config.model)
+        return getattr(hf_config, "model_type", "") in FAMILIES
+
 
 class Check:
     """A verify check: override `variants` and `compare` (and set `name`, `description`)."""

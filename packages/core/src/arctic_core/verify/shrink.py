@@ -16,6 +16,7 @@ from typing import Any
 from arctic_core.errors import RecipeError
 
 LAYERS, WIDTH, MLP, HEADS, HEAD_DIM = 2, 64, 256, 4, 16
+EXPERTS, EXPERTS_PER_TOKEN = 8, 2
 
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")
 FIELDS: dict[str, int] = {
@@ -32,6 +33,12 @@ FIELDS: dict[str, int] = {
     "n_inner": MLP,
     "ffn_dim": MLP,
     "n_head": HEADS,
+    # mixture-of-experts names (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, gpt-oss): 8 experts, 2 per token
+    "num_experts": EXPERTS,
+    "num_local_experts": EXPERTS,
+    "num_experts_per_tok": EXPERTS_PER_TOKEN,
+    "moe_intermediate_size": MLP // 4,
+    "shared_expert_intermediate_size": MLP // 4,
 }
 
 
@@ -57,6 +64,8 @@ def shrink_kwargs(hf_config: Any, *, layers: int = LAYERS) -> dict[str, Any]:
     layer_types = getattr(hf_config, "layer_types", None)
     if isinstance(layer_types, list) and layer_types:
         kwargs["layer_types"] = list(layer_types[:layers])
+    if isinstance(getattr(hf_config, "mlp_only_layers", None), list):  # Qwen MoE: every layer sparse
+        kwargs["mlp_only_layers"] = []
     if isinstance(getattr(hf_config, "max_window_layers", None), int):
         kwargs["max_window_layers"] = min(hf_config.max_window_layers, layers)
     return kwargs
