@@ -18,3 +18,13 @@ grpo = Method(
     kernels=(GRPO_TOKEN_LOSS,),
     core_version=">=0.1,<0.2",
 )
+
+rl = Method(
+    name="rl",
+    description="arctic-rl's command group: `arctic rl train` (recipe type rl = grpo), `arctic rl eval`.",
+    config="arctic_rl.config:GRPOConfig",
+    trainer="arctic_rl.trainer:RLTrainer",
+    commands="arctic_rl.cli:commands",
+    kernels=(GRPO_TOKEN_LOSS,),
+    core_version=">=0.1,<0.2",
+)

@@ -259,3 +259,9 @@ class GRPOTrainer(Trainer[GRPOConfig]):
 
         results = score_prompts(self.scorer(), self.eval_dataset, samples=0)
         return {f"eval_{key}": value for key, value in results.items()}
+
+
+class RLTrainer(GRPOTrainer):
+    """`type = "rl"` (`arctic rl train`): the same GRPO trainer under the package's command name."""
+
+    name = "rl"
