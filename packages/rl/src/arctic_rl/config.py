@@ -11,6 +11,7 @@ from __future__ import annotations
 import attrs
 
 from arctic_core.config import (
+    DataConfig,
     ModelConfig,
     TrainerConfig,
     at_least,
@@ -26,10 +27,21 @@ SCALE_REWARDS = ("group", "batch", "none")
 
 
 @attrs.frozen(kw_only=True)
+class GRPODataConfig(DataConfig):
+    """[data] for prompts: never packed (the rollouts are the training rows)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.pack_samples:
+            raise FieldError("pack_samples", "grpo trains on its own rollouts, never packed; set it to false")
+
+
+@attrs.frozen(kw_only=True)
 class GRPOConfig(TrainerConfig):
     """A GRPO recipe: prompts from [data], G sampled completions per prompt, rewards, clipped objective."""
 
     type: str = setting("grpo", doc="Method or registered trainer name.")
+    data: GRPODataConfig = setting(factory=GRPODataConfig, doc="[data] table: prompt sources.")
     num_generations: int = setting(
         8, doc="Completions sampled per prompt (the group size G).", check=at_least(2)
     )
@@ -102,10 +114,6 @@ class GRPOConfig(TrainerConfig):
             )
         if not self.reward_funcs:
             raise FieldError("reward_funcs", "needs at least one reward function")
-        if self.data.pack_samples:
-            raise FieldError(
-                "data.pack_samples", "grpo trains on its own rollouts, never packed; set it to false"
-            )
 
     @property
     def clip_high(self) -> float:

@@ -252,6 +252,36 @@ class GRPOTrainer(Trainer[GRPOConfig]):
 
     # --- evaluation ---------------------------------------------------------------------------
 
+    def subscribe(self, events: Any) -> None:
+        """With eval prompts: the held-out rewards before (a fresh run) and after training, logged and saved."""
+        if self.eval_dataset is None:
+            return
+        if self.resume_point is None:
+            events.subscribe("train_start", lambda: self.held_out_rewards("before training"))
+        events.subscribe("train_end", lambda: self.held_out_rewards("after training"))
+
+    def held_out_rewards(self, when: str) -> dict[str, float]:
+        """Greedy reward and, over `num_generations` samples per prompt, pass@G and the sampled reward."""
+        import json
+
+        from arctic_rl.evaluate import score_prompts
+
+        G = self.config.num_generations
+        results = score_prompts(self.scorer(), self.eval_dataset, samples=G)
+        self.log.info(
+            "held-out reward %s: greedy %.3f, sampled %.3f, pass@%d %.3f (%d prompts)",
+            when,
+            results["reward"],
+            results["sampled_reward"],
+            G,
+            results[f"pass@{G}"],
+            len(self.eval_dataset),
+        )
+        if self.rank == 0:
+            with (Path(self.config.run_dir) / "rl_eval.jsonl").open("a") as out:
+                out.write(json.dumps({"when": when, "step": self.global_step, **results}) + "\n")
+        return results
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy completions of the eval prompts, scored by the reward functions (each prompt once)."""
