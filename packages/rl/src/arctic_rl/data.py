@@ -15,6 +15,8 @@ from arctic_core.config import SourceConfig
 from arctic_core.data.errors import DataError
 
 PROMPT = "prompt"
+ROW = "__row__"
+"""The row's index in the training data (added by the trainer; seeds its completions, never a reward column)."""
 
 
 def prompt_row(row: dict[str, Any], where: str) -> dict[str, Any]:

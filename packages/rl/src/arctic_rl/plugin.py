@@ -7,6 +7,7 @@ GRPO_TOKEN_LOSS = Kernel(
     name="rl.grpo_token_loss",
     doc="GRPO's per-token clipped importance-ratio loss with its k3 KL term, KL and clip indicator.",
     reference="arctic_rl.loss:token_losses",
+    triton="arctic_rl.kernels.triton_loss:token_losses",
 )
 
 grpo = Method(

@@ -217,11 +217,11 @@ def score_rows(
     row completed `repeats` times in a row; `config` gives `reward_timeout` and `sql_timeout`."""
     import torch
 
-    from arctic_rl.data import PROMPT
+    from arctic_rl.data import PROMPT, ROW
     from arctic_rl.sql import sql_execution
 
     prompts = [row[PROMPT] for row in rows for _ in range(repeats)]
-    names = sorted({key for row in rows for key in row} - {PROMPT})
+    names = sorted({key for row in rows for key in row} - {PROMPT, ROW})
     columns = {key: [row.get(key) for row in rows for _ in range(repeats)] for key in names}
     values = []
     for name, func in rewards:

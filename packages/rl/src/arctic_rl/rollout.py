@@ -1,7 +1,7 @@
 """Rollouts: G completions per prompt from the current policy, with HF `generate` and its KV cache.
 
-Sampling is seeded per completion: completion j of the prompt at position p of step s's global
-batch draws from its own generator, seeded by (recipe seed, s, p, j). So a resumed run re-samples
+Sampling is seeded per completion: completion j of training row r (its index in the training data)
+at step s draws from its own generator, seeded by (recipe seed, s, r, j). So a resumed run re-samples
 exactly the completions the uninterrupted run sampled, and the completions do not depend on how
 the global batch is split over ranks and micro-batches (the accumulation and rank equivalences
 hold with sampling on). The draw is made by a logits processor (`RowSampler`: temperature, top-k,
@@ -21,7 +21,7 @@ _MASK = (1 << 63) - 1
 
 
 def row_seed(seed: int, step: int, prompt: int, generation: int) -> int:
-    """The generator seed of one completion: a mix of (seed, step, prompt position, generation index)."""
+    """The generator seed of one completion: a mix of (seed, step, prompt's row index, generation index)."""
     value = seed & _MASK
     for part in (step, prompt, generation):
         value = ((value ^ (part + 1)) * _MIX + 0x632BE59BD9B4E019) & _MASK

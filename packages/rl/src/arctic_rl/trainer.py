@@ -1,7 +1,7 @@
 """GRPO (Shao et al. 2024), with Dr. GRPO's and DAPO's variants, on core's one loop.
 
-Each optimizer step: the loader hands this rank its prompts (whole global batches are stored, so
-data order, epochs and resume are core's); `step_batches` (core's rollout seam) samples G
+Each optimizer step: the loader hands this rank its prompts (core's sample loader, so data order,
+epochs and resume are core's); `step_batches` (core's rollout seam) samples G
 completions per prompt from the current policy (`arctic_rl.rollout`), scores them with the
 reward functions (`arctic_rl.rewards`), turns rewards into group-relative advantages and returns
 one training micro-batch per prompt micro-batch (its prompts' whole groups: a group is never
@@ -27,7 +27,7 @@ from arctic_core.engine.loop import model_inputs
 from arctic_core.trainer import LossOutput, Trainer
 from arctic_rl import loss as grpo
 from arctic_rl.config import GRPOConfig
-from arctic_rl.data import PROMPT, collate, load_prompts
+from arctic_rl.data import PROMPT, ROW, collate, load_prompts
 from arctic_rl.evaluate import Scorer
 from arctic_rl.rollout import Completions, row_seed, training_batch
 
@@ -37,7 +37,8 @@ class Rollout:
     """The batches generated for one rollout cycle (reused for `num_iterations` steps)."""
 
     cycle: int
-    prompts: list[Any]
+    prompts: list[int]
+    """The training rows (indices) it was sampled for."""
     batches: list[dict[str, Any]]
 
 
@@ -71,13 +72,18 @@ class GRPOTrainer(Trainer[GRPOConfig]):
         held = round(len(rows) * config.data.train_eval_split[1])
         eval_rows = load_prompts(config.data.eval_sources, "eval", scratch) + rows[:held]
         rows = rows[held:]
-        per_step = self.topology.dp_size * config.gradient_accumulation_steps * config.micro_batch_size
-        stored = [
-            {"rows": rows[start : start + per_step]}
-            for start in range(0, len(rows) - per_step + 1, per_step)
-            for _ in range(config.num_iterations)
-        ]
-        self.train_dataset = PreBatched(stored)
+        rows = [{**row, ROW: i} for i, row in enumerate(rows)]  # seeds each completion (rollout.py)
+        if config.num_iterations == 1:
+            self.train_dataset = rows  # core's sample loader: sharded, reshuffled every epoch
+        else:  # each global batch stored μ times in a row, trained on for μ steps
+            per_step = self.topology.dp_size * config.gradient_accumulation_steps * config.micro_batch_size
+            self.train_dataset = PreBatched(
+                [
+                    {"rows": rows[start : start + per_step]}
+                    for start in range(0, len(rows) - per_step + 1, per_step)
+                    for _ in range(config.num_iterations)
+                ]
+            )
         self.eval_dataset = eval_rows or None
         self.collate = collate
         self.rewards = load_rewards(config.reward_funcs)
@@ -91,7 +97,7 @@ class GRPOTrainer(Trainer[GRPOConfig]):
         start = time.perf_counter()
         step, mu = self.global_step, self.config.num_iterations
         cycle = step - step % mu
-        prompts = [row[PROMPT] for batch in loaded for row in batch["rows"]]
+        prompts = [row[ROW] for batch in loaded for row in batch["rows"]]
         if self.rollout is None or self.rollout.cycle != cycle or self.rollout.prompts != prompts:
             # (resumed inside a cycle: the cycle's prompts re-sampled with its seeds, on the current weights)
             self.rollout = Rollout(cycle, prompts, self.generate_rollout(loaded, cycle))
@@ -105,13 +111,11 @@ class GRPOTrainer(Trainer[GRPOConfig]):
         model = self.engine.module
         was_training = model.training
         model.eval()
-        first = self.topology.dp_rank * len(loaded) * config.micro_batch_size  # position in the global batch
         scorer = self.scorer()
         done, rewards = [], []
-        for k, batch in enumerate(loaded):
+        for batch in loaded:
             rows = batch["rows"]
-            offset = first + k * config.micro_batch_size
-            seeds = [row_seed(config.seed, cycle, offset + i, j) for i in range(len(rows)) for j in range(G)]
+            seeds = [row_seed(config.seed, cycle, row[ROW], j) for row in rows for j in range(G)]
             completions = scorer.sample([row[PROMPT] for row in rows for _ in range(G)], seeds)
             done.append(completions)
             rewards.append(scorer.score_with(rows, completions.texts, G))
