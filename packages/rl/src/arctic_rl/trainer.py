@@ -257,12 +257,15 @@ class GRPOTrainer(Trainer[GRPOConfig]):
     # --- evaluation ---------------------------------------------------------------------------
 
     def subscribe(self, events: Any) -> None:
-        """With eval prompts: the held-out rewards before (a fresh run) and after training, logged and saved."""
+        """With eval prompts: the held-out rewards before (a fresh run) and after training, logged and saved
+        (`generation_eval.before_training` / `after_training` switch them, as they do core's accuracy)."""
+        settings = self.config.generation_eval
         if self.eval_dataset is None:
             return
-        if self.resume_point is None:
+        if settings.before_training and self.resume_point is None:
             events.subscribe("train_start", lambda: self.held_out_rewards("before training"))
-        events.subscribe("train_end", lambda: self.held_out_rewards("after training"))
+        if settings.after_training:
+            events.subscribe("train_end", lambda: self.held_out_rewards("after training"))
 
     def held_out_rewards(self, when: str) -> dict[str, float]:
         """Greedy reward and, over `num_generations` samples per prompt, pass@G and the sampled reward."""
