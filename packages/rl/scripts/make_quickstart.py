@@ -1,7 +1,7 @@
 """Regenerate packages/rl/recipes/quickstart/: prompts from the SFT quickstart, and the policy.
 
-The policy is the SFT quickstart's tiny Llama trained for one epoch (seed 0): it answers about
-15% of the held-out questions, so GRPO has something to sample right and something to learn.
+The policy is the SFT quickstart's tiny Llama trained for two epochs (seed 0): greedy, it answers
+48% of the held-out questions; sampled at temperature 1, 19%: GRPO has right answers to reinforce.
 Run from the repository root: `uv run python packages/rl/scripts/make_quickstart.py`.
 """
 
@@ -33,7 +33,7 @@ def main() -> None:
     shutil.copy(SFT / "quickstart/heldout.jsonl", OUT / "heldout.jsonl")
     with tempfile.TemporaryDirectory() as scratch:
         model = Path(scratch) / "model"
-        sets = ["epochs=1", f"logger.output_dir={scratch}/run", f"checkpoint[0].output_dir={model}"]
+        sets = ["epochs=2", f"logger.output_dir={scratch}/run", f"checkpoint[0].output_dir={model}"]
         command = [sys.executable, "-m", "arctic_core", "train", str(SFT / "quickstart.toml")]
         subprocess.run([*command, *(a for s in sets for a in ("--set", s))], check=True)
         (OUT / "policy").mkdir(exist_ok=True)

@@ -57,13 +57,21 @@ class Recording(GRPOTrainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.grads: list[torch.Tensor] = []
-        self.rollouts: list[torch.Tensor] = []
+        self.rollouts: list[list[list[int]]] = []
+        """Each step's completions (token ids, up to the stop token), in the step's row order."""
 
     def before_optimizer_step(self) -> None:
         params = [p for p in self.engine.module.parameters() if p.grad is not None]
         self.grads.append(torch.cat([p.grad.detach().reshape(-1).clone() for p in params]))
         assert self.rollout is not None
-        self.rollouts.append([b["input_ids"].cpu() for b in self.rollout.batches])
+        self.rollouts.append([completion for b in self.rollout.batches for completion in completions(b)])
+
+
+def completions(batch: dict[str, Any]) -> list[list[int]]:
+    """The completion token ids of each row of a training batch (its loss mask's tokens, unmasked)."""
+    width = batch["prompt_width"]
+    ids, mask = batch["input_ids"][:, width:].cpu(), batch["attention_mask"][:, width:].cpu()
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
 
 def run(prompts: Path, out: Path, **changes: Any) -> Recording:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from rl_support import QUICKSTART, REPO, recipe, write_prompts
 
 from arctic_core.config import GenerationEvalConfig
@@ -40,6 +41,7 @@ def test_greedy_reward_is_core_exact_match_accuracy_and_pass_at_k_bounds_it(tmp_
     assert 0 < results["pass@4"] <= 1 and results["sampled_reward"] <= results["pass@4"]
 
 
+@pytest.mark.slow
 def test_cli_writes_its_table(tmp_path):
     out, prompts = tmp_path / "eval.json", write_prompts(tmp_path / "prompts.jsonl", 8)
     text = arctic(

@@ -51,9 +51,7 @@ def test_accumulation_2_by_2_equals_1_by_4(one_rank, prompts, tmp_path):
     accumulated = run(prompts, tmp_path / "acc", micro_batch_size=2, gradient_accumulation_steps=2, **HARD)
     assert_same_steps(accumulated, one_rank)
     # the same completions were sampled, split over two micro-batches
-    torch.testing.assert_close(
-        torch.cat([ids[:, -6:] for ids in accumulated.rollouts[0]]), one_rank.rollouts[0][0][:, -6:]
-    )
+    assert accumulated.rollouts == one_rank.rollouts and len(one_rank.rollouts[0]) == 16
     records = read_metrics(one_rank.config.metrics_path)
     assert records[1]["clip_ratio"] > 0 or records[1]["kl"] > 0  # the second iteration is off-policy
     assert records[0]["reward"] > 0 and 0 <= records[0]["frac_reward_zero_std"] <= 1
@@ -96,8 +94,7 @@ def test_resumed_after_step_3_resamples_the_same_completions_and_losses(prompts,
     assert len(first.grads) == 3
     second = run(prompts, tmp_path / "resumed", checkpoint=checkpoint, **settings)
     assert second.run_start_step == 3 and len(second.grads) == 2
-    for a, b in zip(second.rollouts, straight.rollouts[3:], strict=True):
-        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # the same completions
+    assert second.rollouts == straight.rollouts[3:]  # the same completions
     for a, b in zip(second.grads, straight.grads[3:], strict=True):
         close(a, b, "resumed gradients")
     resumed = {r["step"]: r for r in read_metrics(second.config.metrics_path)}
