@@ -19,6 +19,8 @@ Hooks for methods (override in a subclass; docs/writing-a-method.md):
   passes (`forward(batch)`, frozen companions from `build_frozen_model`).
 - `micro_batch_weight(batch)`: what the micro-batch counts for in the step's mean, known
   before its forward (default: the collate's `num_trainable_tokens`, else 1).
+- `step_batches(loaded)`: a step's micro-batches from those the loader gave (default: them);
+  an online method generates its own from the loaded prompts with the current policy.
 - `prepare_batch(batch)`: between the loader and the loss, on the device (default: the
   enabled feature plugins', e.g. sequence sharding).
 - `build_model()`, `transform_model(model)`: build the network; add or patch modules.
@@ -264,6 +266,18 @@ class Trainer(Generic[ConfigT]):
     def topology_sizes(self) -> dict[str, int]:
         """Parallel sizes for `arctic_core.engine.topology.Topology` (default: those enabled features ask for)."""
         return self.features.parallel_sizes()
+
+    def step_batches(self, loaded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The micro-batches this rank trains the next optimizer step on, from the loader's (default: them).
+
+        The rollout seam: an online method (arctic-rl's GRPO) reads prompts from `loaded` and returns
+        the batches it generated from them with the current policy (any number, on any device; each
+        then goes through `prepare_batch`, `micro_batch_weight` and `loss` as a loaded one would).
+        The loader still decides which prompts each step sees, so data order, epochs and resume are
+        every method's. Called once per step on every rank, before the step's first forward, with
+        the model in training mode; a method that generates switches to eval mode and back itself.
+        """
+        return loaded
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A micro-batch on the device, before its weight and loss (default: the enabled features' step)."""

@@ -252,6 +252,9 @@ def training_stopped(trainer: Trainer, saved: list[Any]) -> Exception:
 def train_step(trainer: Trainer, micro_batches: list[dict[str, Any]]) -> dict[str, Any]:
     """One optimizer step over this rank's micro-batches, each weighted by its share of the global batch.
 
+    The loaded micro-batches first pass through `Trainer.step_batches` (default: unchanged), where an
+    online method replaces them by the batches it generates from the current policy.
+
     Returns the step's metrics record (its `seconds` so far; `write_metrics` completes it).
     """
     from arctic_core.engine import distributed
@@ -260,6 +263,7 @@ def train_step(trainer: Trainer, micro_batches: list[dict[str, Any]]) -> dict[st
     start = time.perf_counter()
     step, engine = trainer.state.global_step + 1, trainer.engine
     engine.train()
+    micro_batches = trainer.step_batches(micro_batches)  # an online method's rollouts
     trainer.metrics.count_flops(micro_batches)
     batches = [trainer.prepare_batch(to_device(b, trainer.device)) for b in micro_batches]
     weights = [check_weight(trainer.micro_batch_weight(b), f"step {step}") for b in batches]
