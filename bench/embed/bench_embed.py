@@ -28,6 +28,7 @@ checkpointed encoder chunks, longest rows first, each chunk cut to its own longe
 against CachedMultipleNegativesRankingLoss.
 
     uv run python bench/embed/bench_embed.py [--steps 60] [--batch 32] [--big-batch 1024]
+        [--pretrain-steps 100] [--negatives 3] [--margin 0.95] [--depth 400] [--only "mined;MNRL, batch 32"]
 """
 
 from __future__ import annotations
@@ -377,7 +378,7 @@ def run_rows(folder: Path, args: argparse.Namespace) -> dict[str, dict]:
             folder, "big", args.big_steps, evaluate=False, cached=True
         ),
     }
-    chosen = [n for n in rows if not args.only or any(part in n for part in args.only.split(","))]
+    chosen = [n for n in rows if not args.only or any(part in n for part in args.only.split(";"))]
     return {name: rows[name]() for name in chosen}
 
 
@@ -395,7 +396,9 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=NEGATIVES, help="mined negatives per query")
     parser.add_argument("--margin", type=float, default=MARGIN, help="mining's false-negative margin")
     parser.add_argument("--depth", type=int, default=DEPTH, help="documents the teacher retrieves per query")
-    parser.add_argument("--only", default="", help="comma-separated parts of row names to run")
+    parser.add_argument(
+        "--only", default="", help="parts of row names to run, separated by ';' (row names hold commas)"
+    )
     parser.add_argument("--worker")
     parser.add_argument("--data")
     parser.add_argument("--evaluate", action="store_true")
