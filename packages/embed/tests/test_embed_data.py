@@ -46,6 +46,12 @@ def test_truncation_to_max_seq_length(tmp_path):
     root = write_prebatched(tmp_path / "pb", batches=1, queries=4, seed=0)
     batch = data.StoredBatches(root, max_query=3, max_document=2)[0]
     assert batch["query_input_ids"].shape[1] == 3 and batch["document_input_ids"].shape[1] == 2
+    # a text ending in the tokenizer's closing tokens ([SEP], EOS) keeps them when cut
+    assert data.truncate([5, 1, 2, 3, 4, 9], 4, (9,)) == [5, 1, 2, 9]
+    assert data.truncate([5, 1, 2, 3, 4, 8], 4, (9,)) == [5, 1, 2, 3]  # no closing token: a plain cut
+    assert data.truncate([5, 1, 9], 4, (9,)) == [5, 1, 9]
+    ids, mask = data.pad([[5, 1, 2, 3, 9], [5, 9]], 3, (9,))
+    assert ids.tolist() == [[5, 1, 9], [5, 9, 0]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
 def _corrupt(folder: Path, name: str, column: str, row: int, value) -> None:

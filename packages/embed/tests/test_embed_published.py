@@ -39,6 +39,7 @@ def st_folders(tmp_path_factory):
         "chat_template"
     )  # a text encoder's tokenizer (with one, sentence-transformers 6 applies it)
     (encoder / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    _add_closing_tokens(encoder)
     folders = {}
     for pooling, mode in ST_MODES.items():
         transformer = Transformer(str(encoder), max_seq_length=64)
@@ -48,9 +49,30 @@ def st_folders(tmp_path_factory):
         )
         model.save(str(root / pooling))
         folders[pooling] = root / pooling
-    rows = task(8, seed=5)
-    folders["data"] = write_jsonl(root / "pairs.jsonl", rows)
+    folders["data"] = write_jsonl(root / "pairs.jsonl", _rows())
     return folders
+
+
+def _add_closing_tokens(encoder: Path) -> None:
+    """A BERT-style tokenizer: `<bos> text <eos>` (the shipped one adds no special tokens)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+    tokenizer.save_pretrained(encoder)
+
+
+def _rows() -> list[dict]:
+    """Eight pairs; one query and one document longer than the folders' 64-token maximum."""
+    rows = task(8, seed=5)
+    rows[1]["positive"] = " ".join([rows[1]["positive"]] * 12)  # about 100 tokens
+    rows[2]["query"] = " ".join([rows[2]["query"]] * 25)
+    return rows
 
 
 def _trainer(model: Path, data: Path, tmp_path: Path, **extra):
@@ -86,17 +108,22 @@ def test_same_embeddings_loss_and_gradients_as_sentence_transformers(st_folders,
     assert trainer.config_sources["model.pooling"] == "1_Pooling/config.json"
 
     st = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-    rows = task(8, seed=5)
+    rows = _rows()
     queries, documents = [r["query"] for r in rows], [r["positive"] for r in rows]
-    # 1. embeddings before training (each side applies the folder's prompts itself)
-    theirs = st.encode(queries, prompt_name="query", convert_to_tensor=True, batch_size=8)
-    ours = encode_texts(
-        trainer.model,
-        trainer.tokenizer,
-        [config.data.query_prefix + q for q in queries],
-        pooling=config.model.pooling,
-    )
-    torch.testing.assert_close(ours, theirs.cpu(), atol=1e-5, rtol=0)
+    lengths = [len(trainer.tokenizer(PROMPTS["document"] + d)["input_ids"]) for d in documents]
+    assert max(lengths) > 64 and trainer.tokenizer("a")["input_ids"][-1] == trainer.tokenizer.eos_token_id
+    # 1. embeddings before training (each side applies the folder's prompts itself), long texts
+    # truncated to 64 tokens with the closing EOS kept, as sentence-transformers' tokenizer call does
+    for kind, texts in (("query", queries), ("document", documents)):
+        theirs = st.encode(texts, prompt_name=kind, convert_to_tensor=True, batch_size=8)
+        ours = encode_texts(
+            trainer.model,
+            trainer.tokenizer,
+            [PROMPTS[kind] + t for t in texts],
+            pooling=config.model.pooling,
+            max_length=64,
+        )
+        torch.testing.assert_close(ours, theirs.cpu(), atol=1e-5, rtol=0, msg=lambda m, k=kind: f"{k}: {m}")
     # 2. the first step's loss and gradients: MNRL at scale 1/T on (prompted) pairs
     st.train()
     mnrl = MultipleNegativesRankingLoss(st, scale=1 / TEMPERATURE)

@@ -53,11 +53,38 @@ class DataError(ArcticError):
 # --- padding and batches -------------------------------------------------------------------------
 
 
+def closing_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """The special tokens `tokenizer` adds after a text (BERT's [SEP], an EOS), `()` if none.
+
+    Truncation keeps them at the end, as the tokenizer's own truncation (and sentence-transformers)
+    does: a BERT-style model then still sees [SEP], a last-token-pooled model still pools its EOS.
+    """
+    if tokenizer is None:
+        return ()
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(full[start + len(plain) :])
+    return ()
+
+
+def truncate(tokens: Sequence[int], max_length: int | None, closing: tuple[int, ...] = ()) -> list[int]:
+    """`tokens` cut to `max_length`; a sequence ending in `closing` keeps it at the end."""
+    tokens = list(tokens)
+    if not max_length or len(tokens) <= max_length:
+        return tokens
+    keep = len(closing)
+    if keep and max_length > keep and tuple(tokens[-keep:]) == closing:
+        return tokens[: max_length - keep] + list(closing)
+    return tokens[:max_length]
+
+
 def pad(
-    sequences: Sequence[Sequence[int]], max_length: int | None = None
+    sequences: Sequence[Sequence[int]], max_length: int | None = None, closing: tuple[int, ...] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists with 0 (truncated to `max_length`); ids and attention mask `[N, L]`."""
-    cut = [list(s)[:max_length] if max_length else list(s) for s in sequences]
+    """Right-pad token lists with 0 (truncated to `max_length`, keeping `closing`); ids and mask `[N, L]`."""
+    cut = [truncate(s, max_length, closing) for s in sequences]
     width = max((len(s) for s in cut), default=1) or 1
     ids = torch.zeros(len(cut), width, dtype=torch.long)
     mask = torch.zeros(len(cut), width, dtype=torch.long)
@@ -75,10 +102,11 @@ def make_batch(
     document_keys: Sequence[int] | None = None,
     max_query: int | None = None,
     max_document: int | None = None,
+    closing: tuple[int, ...] = (),
 ) -> Batch:
     """A batch from token lists and (query index, document key, relevance) triples."""
-    q_ids, q_mask = pad(queries, max_query)
-    d_ids, d_mask = pad(documents, max_document)
+    q_ids, q_mask = pad(queries, max_query, closing)
+    d_ids, d_mask = pad(documents, max_document, closing)
     keys = list(range(len(documents))) if document_keys is None else list(document_keys)
     rel = list(relations)
     return {
@@ -189,8 +217,12 @@ def collate_pairs(
     rank: int,
     max_query: int | None,
     max_document: int | None,
+    closing: tuple[int, ...] = (),
 ) -> Batch:
-    """A micro-batch of tokenized pairs/triplets: documents are positives, then negatives."""
+    """A micro-batch of tokenized pairs/triplets: documents are positives, then negatives.
+
+    Texts longer than the maximum keep the tokenizer's `closing` tokens (`closing_tokens`).
+    """
     documents: list[list[int]] = []
     relations: list[tuple[int, int, int]] = []
     for value, kind in ((1, "positives"), (-1, "negatives")):
@@ -201,7 +233,13 @@ def collate_pairs(
     queries = [s["query"][0] for s in samples]
     keys = [rank * RANK_KEY_STRIDE + j for j in range(len(documents))]
     return make_batch(
-        queries, documents, relations, document_keys=keys, max_query=max_query, max_document=max_document
+        queries,
+        documents,
+        relations,
+        document_keys=keys,
+        max_query=max_query,
+        max_document=max_document,
+        closing=closing,
     )
 
 
@@ -250,7 +288,9 @@ def _token_lists(values: list[Any], path: Path, column: str) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=2)
-def read_stored_batch(folder: Path, max_query: int | None, max_document: int | None) -> Batch:
+def read_stored_batch(
+    folder: Path, max_query: int | None, max_document: int | None, closing: tuple[int, ...] = ()
+) -> Batch:
     """One `batch_*` folder as a batch (documents keyed by their row), every row checked."""
     q = _read_table(folder / "queries.parquet", (QUERY_ID, QUERY_TOKENS))
     d = _read_table(folder / "documents.parquet", (DOCUMENT_ID, DOCUMENT_TOKENS))
@@ -274,6 +314,7 @@ def read_stored_batch(folder: Path, max_query: int | None, max_document: int | N
         relations,
         max_query=max_query,
         max_document=max_document,
+        closing=closing,
     )
 
 
@@ -287,17 +328,18 @@ class StoredBatches(Sequence[Batch]):
         split_factor: int = 1,
         max_query: int | None = None,
         max_document: int | None = None,
+        closing: tuple[int, ...] = (),
     ):
         self.folders = batch_folders(root)
         self.split_factor = split_factor
-        self.max_query, self.max_document = max_query, max_document
+        self.max_query, self.max_document, self.closing = max_query, max_document, closing
 
     def __len__(self) -> int:
         return len(self.folders) * self.split_factor
 
     def __getitem__(self, index: Any) -> Any:
         folder, part = divmod(int(index), self.split_factor)
-        whole = read_stored_batch(self.folders[folder], self.max_query, self.max_document)
+        whole = read_stored_batch(self.folders[folder], self.max_query, self.max_document, self.closing)
         return whole if self.split_factor == 1 else split_batch(whole, part, self.split_factor)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from arctic_embed.data import DataError, pad
+from arctic_embed.data import DataError, closing_tokens, pad
 from arctic_embed.modeling import encode, normalize
 
 
@@ -86,10 +86,10 @@ def encode_texts(
     """Normalised embeddings `[N, H]` (fp32, CPU) of `texts`, `batch_size` at a time."""
     was_training = getattr(module, "training", False)
     module.eval()
-    parts = []
+    parts, closing = [], closing_tokens(tokenizer)
     for start in range(0, len(texts), batch_size):
         tokens = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=True)["input_ids"]
-        ids, mask = pad(tokens, max_length)
+        ids, mask = pad(tokens, max_length, closing)
         parts.append(normalize(encode(module, ids.to(device), mask.to(device), pooling), dim).cpu())
     if was_training:
         module.train()

@@ -91,6 +91,7 @@ class EmbedTrainer(Trainer[EmbedConfig]):
                     split_factor=settings.split_factor,
                     max_query=settings.max_seq_length_query,
                     max_document=settings.max_seq_length_doc,
+                    closing=embed_data.closing_tokens(self.tokenizer),
                 ),
                 split=embed_data.split_batch,
             )
@@ -106,6 +107,7 @@ class EmbedTrainer(Trainer[EmbedConfig]):
             rank=self.topology.dp_rank,
             max_query=settings.max_seq_length_query or settings.max_length,
             max_document=settings.max_seq_length_doc or settings.max_length,
+            closing=embed_data.closing_tokens(self.tokenizer),
         )
         if not self.config.use_in_batch_negatives and not any(row["negatives"] for row in self.train_dataset):
             raise ArcticError("the training pairs have no negatives: set use_in_batch_negatives = true")
@@ -120,6 +122,7 @@ class EmbedTrainer(Trainer[EmbedConfig]):
                 split_factor=settings.eval_split_factor,
                 max_query=settings.eval_max_seq_length_query,
                 max_document=settings.eval_max_seq_length_doc,
+                closing=embed_data.closing_tokens(self.tokenizer),
             )
             for root in settings.eval_root_directories
         ]
