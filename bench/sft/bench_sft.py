@@ -119,7 +119,15 @@ def head_share(arch: str, config: dict) -> float:
 
 
 def recipe(
-    folder: Path, *, model: str, packed: bool, steps: int, batch: int, pack_length: int, profile: bool
+    folder: Path,
+    *,
+    model: str,
+    packed: bool,
+    steps: int,
+    batch: int,
+    pack_length: int,
+    profile: bool,
+    dtype: str = "fp32",
 ) -> Path:
     name = f"arctic-{model}-{'packed' if packed else 'padded'}"
     code = f'code = "{HERE / "bench_trainer.py"}"\n'
@@ -132,7 +140,7 @@ train_iters = {steps}
 seed = 0
 [model]
 name_or_path = "{folder / f"model-{model}"}"
-dtype = "fp32"
+dtype = "{dtype}"
 attn_implementation = "sdpa"
 [data]
 sources = ["{folder / "train.jsonl"}"]
@@ -163,6 +171,7 @@ def run_arctic(folder: Path, args: argparse.Namespace, *, model: str, packed: bo
         batch=args.batch,
         pack_length=args.pack_length,
         profile=args.profile,
+        dtype=args.dtype,
     )
     cpu_file = folder / f"{path.stem}.cpu.json"
     env = {
@@ -284,6 +293,7 @@ def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
         dataloader_num_workers=0,
         seed=0,
         use_cpu=not torch.cuda.is_available(),
+        bf16=args.dtype == "bf16",  # autocast over fp32 weights
         disable_tqdm=True,
     )
     trainer = CountingTrainer(
@@ -322,6 +332,8 @@ def run_trainer(folder: Path, args: argparse.Namespace, *, model: str, batch: in
         str(args.warmup),
         "--pack-length",
         str(args.pack_length),
+        "--dtype",
+        args.dtype,
     ]
     command += ["--flatten"] if flatten else []
     command += ["--profile"] if args.profile else []
@@ -372,6 +384,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=["padded", "packed"], default=["padded", "packed"])
     parser.add_argument("--pack-length", type=int, default=256, help="packed row length (and max_length)")
     parser.add_argument("--repeats", type=int, default=1, help="pairs per configuration, order alternating")
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="Arctic's model.dtype; the Trainer's bf16 autocast",
+    )
     parser.add_argument("--profile", action="store_true", help="print the top 10 ops per step of each run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -407,7 +425,7 @@ def main() -> None:
     print(
         f"\n{started}; machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load_before:.1f} at the "
         f"start and {os.getloadavg()[0]:.1f} at the end; {args.warmup} warm-up + {args.steps} timed steps, "
-        f"micro batch {args.batch}, fp32, sdpa"
+        f"micro batch {args.batch}, {args.dtype}, sdpa"
     )
     print_table(rows)
 

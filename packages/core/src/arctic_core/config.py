@@ -220,6 +220,9 @@ class DataConfig:
         doc="Pad batches to a multiple of div_length, or to max_length.",
         check=one_of("div_length", "max_length"),
     )
+    group_by_length: bool = setting(
+        False, doc="Batch samples of similar length together (less padding; seeded, resumable)."
+    )
     mask_inputs: bool = setting(True, doc="Train only on assistant tokens (false: on every token).")
     pack_samples: bool = setting(False, doc="Pack several samples into each row, kept apart in attention.")
     filter_samples: bool = setting(True, doc="Drop samples longer than max_length (false: truncate them).")
