@@ -182,7 +182,7 @@ def run_arctic(folder: Path, args: argparse.Namespace, *, model: str, packed: bo
     }
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, "-m", "arctic_core", "train", str(path)],
+        [sys.executable, "-m", "arctic_core", "train", str(path), *(f"--set={x}" for x in args.arctic_set)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -389,6 +389,12 @@ def main() -> None:
         choices=["fp32", "bf16"],
         default="fp32",
         help="Arctic's model.dtype; the Trainer's bf16 autocast",
+    )
+    parser.add_argument(
+        "--arctic-set",
+        action="append",
+        default=[],
+        help="an override for Arctic's runs (`arctic train --set`)",
     )
     parser.add_argument("--profile", action="store_true", help="print the top 10 ops per step of each run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
