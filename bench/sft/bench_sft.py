@@ -3,7 +3,7 @@
 The issue-13 setup: a 4-layer, 256-wide Llama (tied embeddings, intermediate 1024, 4 heads), fp32,
 sdpa, multi-turn chat samples of about 100 tokens (Arctic's pipeline tokenizes and masks them once; the
 Trainer gets exactly those rows in Arctic's order), micro batch 4, constant LR. Arctic runs with its
-defaults otherwise (activation checkpointing auto, fused loss, `div_length` 256, 2 loader workers),
+defaults otherwise (activation checkpointing auto, fused loss, padding to the longest sample rounded up to 8, 2 loader workers),
 through its own command line. Vocabularies 1K, 49K and 128K: the model's output layer has that many
 rows (the shipped 1,024-token tokenizer feeds it; the head's cost is the vocabulary's, whatever ids
 occur).
@@ -48,23 +48,88 @@ BENCH_MODEL = {
     "num_key_value_heads": 4,
     "tie_word_embeddings": True,
 }
+REAL_SHAPES = {
+    "135m": (  # SmolLM2-135M's shape
+        "llama",
+        {
+            "num_hidden_layers": 30,
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "tie_word_embeddings": True,
+            "vocab_size": 49152,
+        },
+    ),
+    "qwen2-0.5b": (  # Qwen2-0.5B's shape
+        "qwen2",
+        {
+            "num_hidden_layers": 24,
+            "hidden_size": 896,
+            "intermediate_size": 4864,
+            "num_attention_heads": 14,
+            "num_key_value_heads": 2,
+            "tie_word_embeddings": True,
+            "vocab_size": 151936,
+        },
+    ),
+}
+"""Real models' shapes, random weights from a config (offline): `--shapes 135m qwen2-0.5b`."""
 LR = 1e-4
 
 
-def prepare(folder: Path, vocabs: list[int], samples: int) -> None:
-    """One model folder per vocabulary (the same initial weights for both systems) and the chat data."""
+def model_shapes(args: argparse.Namespace) -> dict[str, tuple[str, dict]]:
+    """The runs' models by name: the 4-layer bench model once per `--vocabs` (shape `small`), then
+    each real shape asked for."""
+    shapes: dict[str, tuple[str, dict]] = {}
+    for shape in args.shapes:
+        if shape == "small":
+            for vocab in args.vocabs:
+                shapes[f"4L-256w-{vocab}"] = ("llama", {**BENCH_MODEL, "vocab_size": vocab})
+        else:
+            shapes[shape] = REAL_SHAPES[shape]
+    return shapes
+
+
+def prepare(folder: Path, shapes: dict[str, tuple[str, dict]], samples: int) -> None:
+    """One model folder per shape (the same initial weights for both systems) and the chat data."""
     from arctic_core.testing import save_tiny_model
     from arctic_core.testing.datasets import arithmetic_conversations, write_rows
 
-    for vocab in vocabs:
-        save_tiny_model(folder / f"model-{vocab}", "llama", seed=0, vocab_size=vocab, **BENCH_MODEL)
+    for name, (arch, config) in shapes.items():
+        save_tiny_model(folder / f"model-{name}", arch, seed=0, **config)
     write_rows(folder / "train.jsonl", arithmetic_conversations(samples, seed=0, max_turns=6))
 
 
+def head_share(arch: str, config: dict) -> float:
+    """The output layer's share of a full-logits step's matrix FLOPs per token (vocab x hidden against
+    every other linear layer's weights; attention scores, a few % at 100-token rows, left out)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **config))
+    body = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if p.dim() == 2 and "embed_tokens" not in n and "lm_head" not in n
+    )
+    head = config["vocab_size"] * config["hidden_size"]
+    return head / (head + body)
+
+
 def recipe(
-    folder: Path, *, vocab: int, packed: bool, steps: int, batch: int, pack_length: int, profile: bool
+    folder: Path,
+    *,
+    model: str,
+    packed: bool,
+    steps: int,
+    batch: int,
+    pack_length: int,
+    profile: bool,
+    dtype: str = "fp32",
 ) -> Path:
-    name = f"arctic-{vocab}-{'packed' if packed else 'padded'}"
+    name = f"arctic-{model}-{'packed' if packed else 'padded'}"
     code = f'code = "{HERE / "bench_trainer.py"}"\n'
     path = folder / f"{name}.toml"
     path.write_text(
@@ -74,8 +139,8 @@ type = "sft_bench"
 train_iters = {steps}
 seed = 0
 [model]
-name_or_path = "{folder / f"model-{vocab}"}"
-dtype = "fp32"
+name_or_path = "{folder / f"model-{model}"}"
+dtype = "{dtype}"
 attn_implementation = "sdpa"
 [data]
 sources = ["{folder / "train.jsonl"}"]
@@ -96,16 +161,17 @@ progress_bar = false
     return path
 
 
-def run_arctic(folder: Path, args: argparse.Namespace, *, vocab: int, packed: bool) -> dict:
+def run_arctic(folder: Path, args: argparse.Namespace, *, model: str, packed: bool) -> dict:
     steps = args.warmup + args.steps
     path = recipe(
         folder,
-        vocab=vocab,
+        model=model,
         packed=packed,
         steps=steps,
         batch=args.batch,
         pack_length=args.pack_length,
         profile=args.profile,
+        dtype=args.dtype,
     )
     cpu_file = folder / f"{path.stem}.cpu.json"
     env = {
@@ -116,7 +182,7 @@ def run_arctic(folder: Path, args: argparse.Namespace, *, vocab: int, packed: bo
     }
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, "-m", "arctic_core", "train", str(path)],
+        [sys.executable, "-m", "arctic_core", "train", str(path), *(f"--set={x}" for x in args.arctic_set)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -134,7 +200,9 @@ def run_arctic(folder: Path, args: argparse.Namespace, *, vocab: int, packed: bo
         "s_per_step": statistics.median(x["seconds"] for x in timed),
         "tokens_per_s": sum(x["tokens"] for x in timed) / sum(x["seconds"] for x in timed),
         "tokens_per_step": statistics.mean(x["tokens"] for x in timed),
+        "trained_share": sum(x["trainable_tokens"] for x in timed) / sum(x["tokens"] for x in timed),
         "peak_rss_gb": max(x.get("peak_memory_gb") or 0 for x in lines),
+        "checkpointing": next((x for x in done.stdout.splitlines() if "checkpointing" in x), "?"),
     }
 
 
@@ -160,9 +228,15 @@ def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
     from arctic_core.data import DataFactory, load_tokenizer
     from arctic_core.recipe import load_recipe
 
-    flatten, vocab, batch = args.flatten, args.vocab, args.batch
+    flatten, model_name, batch = args.flatten, args.model, args.batch
     path = recipe(
-        folder, vocab=vocab, packed=False, steps=1, batch=batch, pack_length=args.pack_length, profile=False
+        folder,
+        model=model_name,
+        packed=False,
+        steps=1,
+        batch=batch,
+        pack_length=args.pack_length,
+        profile=False,
     )
     config = load_recipe(path).config
     tokenizer = load_tokenizer(config)
@@ -204,7 +278,7 @@ def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     model = AutoModelForCausalLM.from_pretrained(
-        folder / f"model-{vocab}", dtype=torch.float32, attn_implementation="sdpa"
+        folder / f"model-{model_name}", dtype=torch.float32, attn_implementation="sdpa"
     )
     training = TrainingArguments(
         output_dir=str(folder / "hf"),
@@ -219,6 +293,7 @@ def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
         dataloader_num_workers=0,
         seed=0,
         use_cpu=not torch.cuda.is_available(),
+        bf16=args.dtype == "bf16",  # autocast over fp32 weights
         disable_tqdm=True,
     )
     trainer = CountingTrainer(
@@ -241,14 +316,14 @@ def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_trainer(folder: Path, args: argparse.Namespace, *, vocab: int, batch: int, flatten: bool) -> dict:
+def run_trainer(folder: Path, args: argparse.Namespace, *, model: str, batch: int, flatten: bool) -> dict:
     command = [
         sys.executable,
         __file__,
         "--worker",
         str(folder),
-        "--vocab",
-        str(vocab),
+        "--model",
+        model,
         "--batch",
         str(batch),
         "--steps",
@@ -257,6 +332,8 @@ def run_trainer(folder: Path, args: argparse.Namespace, *, vocab: int, batch: in
         str(args.warmup),
         "--pack-length",
         str(args.pack_length),
+        "--dtype",
+        args.dtype,
     ]
     command += ["--flatten"] if flatten else []
     command += ["--profile"] if args.profile else []
@@ -268,7 +345,7 @@ def run_trainer(folder: Path, args: argparse.Namespace, *, vocab: int, batch: in
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def samples_per_packed_row(folder: Path, args: argparse.Namespace, vocab: int) -> float:
+def samples_per_packed_row(folder: Path, args: argparse.Namespace, model: str) -> float:
     from arctic_core.data import DataFactory, load_tokenizer
     from arctic_core.recipe import load_recipe
 
@@ -276,7 +353,7 @@ def samples_per_packed_row(folder: Path, args: argparse.Namespace, vocab: int) -
     for packed in (False, True):
         path = recipe(
             folder,
-            vocab=vocab,
+            model=model,
             packed=packed,
             steps=1,
             batch=args.batch,
@@ -296,13 +373,32 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--vocabs", type=int, nargs="+", default=[1024, 49152, 128256])
+    parser.add_argument("--vocabs", type=int, nargs="+", default=[1024, 49152, 128256], help="of shape small")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=["small", *REAL_SHAPES],
+        default=["small"],
+        help="models (small: 4 layers)",
+    )
     parser.add_argument("--modes", nargs="+", choices=["padded", "packed"], default=["padded", "packed"])
     parser.add_argument("--pack-length", type=int, default=256, help="packed row length (and max_length)")
     parser.add_argument("--repeats", type=int, default=1, help="pairs per configuration, order alternating")
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="Arctic's model.dtype; the Trainer's bf16 autocast",
+    )
+    parser.add_argument(
+        "--arctic-set",
+        action="append",
+        default=[],
+        help="an override for Arctic's runs (`arctic train --set`)",
+    )
     parser.add_argument("--profile", action="store_true", help="print the top 10 ops per step of each run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--flatten", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -312,71 +408,80 @@ def main() -> None:
     rows = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()[0]
+    shapes = model_shapes(args)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        prepare(folder, args.vocabs, args.samples)
+        prepare(folder, shapes, args.samples)
         pairs = 0
-        for vocab in args.vocabs:
+        for model, (arch, config) in shapes.items():
+            share = head_share(arch, config)
             for mode in args.modes:
                 packed = mode == "packed"
                 hf_batch = (
-                    round(args.batch * samples_per_packed_row(folder, args, vocab)) if packed else args.batch
+                    round(args.batch * samples_per_packed_row(folder, args, model)) if packed else args.batch
                 )
                 for _ in range(args.repeats):
                     first_arctic = pairs % 2 == 0
                     pair = run_pair(
-                        folder, args, vocab=vocab, packed=packed, hf_batch=hf_batch, arctic_first=first_arctic
+                        folder, args, model=model, packed=packed, hf_batch=hf_batch, arctic_first=first_arctic
                     )
                     pairs += 1
-                    rows.append((vocab, mode, hf_batch, pair["arctic"], pair["trainer"]))
+                    rows.append((model, share, mode, hf_batch, pair["arctic"], pair["trainer"]))
                     print_row(*rows[-1], flush=True)
     print(
         f"\n{started}; machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load_before:.1f} at the "
         f"start and {os.getloadavg()[0]:.1f} at the end; {args.warmup} warm-up + {args.steps} timed steps, "
-        f"micro batch {args.batch}, fp32, sdpa"
+        f"micro batch {args.batch}, {args.dtype}, sdpa"
     )
     print_table(rows)
 
 
 def run_pair(
-    folder: Path, args: argparse.Namespace, *, vocab: int, packed: bool, hf_batch: int, arctic_first: bool
+    folder: Path, args: argparse.Namespace, *, model: str, packed: bool, hf_batch: int, arctic_first: bool
 ) -> dict:
     """One Arctic run and one Trainer run on the same configuration, in the given order."""
     pair = {}
     for name in ["arctic", "trainer"] if arctic_first else ["trainer", "arctic"]:
         if name == "arctic":
-            pair[name] = run_arctic(folder, args, vocab=vocab, packed=packed)
+            pair[name] = run_arctic(folder, args, model=model, packed=packed)
         else:
-            pair[name] = run_trainer(folder, args, vocab=vocab, batch=hf_batch, flatten=packed)
+            pair[name] = run_trainer(folder, args, model=model, batch=hf_batch, flatten=packed)
     return pair
 
 
-def print_row(vocab, mode, hf_batch, arctic, trainer, flush=False) -> None:
+def print_row(model, share, mode, hf_batch, arctic, trainer, flush=False) -> None:
     print(
-        f"[{vocab} {mode}] arctic {arctic['cpu_s_per_step']:.3f} CPU s/step, {arctic['s_per_step']:.3f} s/step | "
-        f"trainer (batch {hf_batch}) {trainer['cpu_s_per_step']:.3f} CPU s/step, {trainer['s_per_step']:.3f} s/step",
+        f"[{model} {mode}] arctic {arctic['cpu_s_per_step']:.3f} CPU s/step, {arctic['s_per_step']:.3f} s/step "
+        f"({arctic['checkpointing'].strip()[-90:]}) | trainer (batch {hf_batch}) "
+        f"{trainer['cpu_s_per_step']:.3f} CPU s/step, {trainer['s_per_step']:.3f} s/step",
         flush=flush,
     )
 
 
 def print_table(rows) -> None:
-    """Speed-ups per token (packed steps hold about, not exactly, as many tokens on both sides)."""
+    """Speed-ups per token (packed steps hold about, not exactly, as many tokens on both sides).
+
+    `head share`: the output layer's share of a full-logits step's matrix FLOPs (`head_share`);
+    `loss ceiling`: the speed-up that projecting only the trained positions can give at that share,
+    1 / (1 - share x (1 - trained share)), with everything else equal.
+    """
     print(
-        "| vocab | mode | system | CPU s/step | s/step | tokens/step | tokens/s | peak RSS GB | first loss "
-        "| Arctic speed-up: CPU time | wall time |"
+        "| model | head share | mode | system | CPU s/step | s/step | tokens/step | tokens/s | peak RSS GB "
+        "| first loss | loss ceiling | Arctic speed-up: CPU time | wall time |"
     )
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for vocab, mode, hf_batch, arctic, trainer in rows:
+    print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, share, mode, hf_batch, arctic, trainer in rows:
 
         def per_token(r, key):
             return r[key] / r["tokens_per_step"]
 
         by_cpu = per_token(trainer, "cpu_s_per_step") / per_token(arctic, "cpu_s_per_step")
         by_wall = per_token(trainer, "s_per_step") / per_token(arctic, "s_per_step")
+        ceiling = 1 / (1 - share * (1 - arctic["trained_share"]))
         for name, r in (("arctic", arctic), (f"Trainer (batch {hf_batch})", trainer)):
-            ratios = f"{by_cpu:.2f}x | {by_wall:.2f}x" if name == "arctic" else " | "
+            ratios = f"{ceiling:.2f}x | {by_cpu:.2f}x | {by_wall:.2f}x" if name == "arctic" else " | | "
             print(
-                f"| {vocab} | {mode} | {name} | {r['cpu_s_per_step']:.3f} | {r['s_per_step']:.3f} | "
+                f"| {model} | {share:.0%} | {mode} | {name} | {r['cpu_s_per_step']:.3f} | {r['s_per_step']:.3f} | "
                 f"{r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gb']:.2f} | "
                 f"{r['first_loss']:.5f} | {ratios} |"
             )

@@ -4,6 +4,10 @@
 time (`time.process_time`, written as JSON to `$BENCH_CPU_TIMES` at the end: on a shared machine it is
 far steadier than wall time) and, with `BENCH_PROFILE_STEPS` > 0, a torch.profiler window of that
 many steps after `BENCH_PROFILE_SKIP` steps, printed as the top 10 operators per step.
+
+A step is timed from the loop's `train_start` (or the previous `step_end`) to its `step_end` event:
+the step itself, its metrics line, and the main process's share of fetching the next micro-batches
+(the loader's workers are other processes; their CPU time is not counted, as on the Trainer's side).
 """
 
 from __future__ import annotations
@@ -22,19 +26,29 @@ from arctic_sft.trainer import SFTTrainer
 class BenchSFTTrainer(SFTTrainer):
     name = "sft_bench"
 
-    def train_step(self, micro_batches: list[dict[str, Any]]) -> None:
-        if not hasattr(self, "cpu_times"):
-            self.cpu_times: list[float] = []
-            steps = int(os.environ.get("BENCH_PROFILE_STEPS", "0"))
-            skip = int(os.environ.get("BENCH_PROFILE_SKIP", "0"))
-            self.window = ProfileWindow(skip=skip, steps=steps) if steps else None
-        start = time.process_time()
-        if self.window is None:
-            super().train_step(micro_batches)
-        else:
-            with self.window.step():
-                super().train_step(micro_batches)
-        self.cpu_times.append(time.process_time() - start)
+    def subscribe(self, events: Any) -> None:
+        super().subscribe(events)
+        self.cpu_times: list[float] = []
+        steps = int(os.environ.get("BENCH_PROFILE_STEPS", "0"))
+        skip = int(os.environ.get("BENCH_PROFILE_SKIP", "0"))
+        self.window = ProfileWindow(skip=skip, steps=steps) if steps else None
+        self.started: float | None = None
+        self.profiled: Any = None
+        events.subscribe("train_start", self.tick)
+        events.subscribe("step_end", lambda record: self.tick())
+
+    def tick(self) -> None:
+        """A step boundary: close the step that ran (its CPU time, its profiler range), open the next."""
+        now = time.process_time()
+        if self.started is not None:
+            self.cpu_times.append(now - self.started)
+        if self.profiled is not None:
+            self.profiled.__exit__(None, None, None)
+            self.profiled = None
+        if self.window is not None and self.state.global_step < self.state.total_steps:
+            self.profiled = self.window.step()
+            self.profiled.__enter__()
+        self.started = time.process_time()
 
     def train(self) -> None:
         super().train()

@@ -218,11 +218,18 @@ class DataConfig:
         (1.0, 0.0), doc="Fractions of the training data kept for training and held out for eval."
     )
     max_length: int = setting(8192, doc="Longest sample (or packed row) in tokens.", check=at_least(2))
-    div_length: int = setting(256, doc="Pad each batch's length up to a multiple of this.", check=at_least(1))
+    div_length: int | None = setting(
+        None,
+        doc="Pad each batch's length up to a multiple of this; unset: its longest sample's, rounded up to 8.",
+        check=at_least(1),
+    )
     pad_to: str = setting(
         "div_length",
         doc="Pad batches to a multiple of div_length, or to max_length.",
         check=one_of("div_length", "max_length"),
+    )
+    group_by_length: bool = setting(
+        False, doc="Batch samples of similar length together (less padding; seeded, resumable)."
     )
     mask_inputs: bool = setting(True, doc="Train only on assistant tokens (false: on every token).")
     train_on_reasoning: bool = setting(

@@ -76,6 +76,9 @@ def test_padded_length() -> None:
     assert padded_length(5, 4, 100, "div_length") == 8
     assert padded_length(90, 64, 100, "div_length") == 100  # never rounded past max_length
     assert padded_length(5, 4, 100, "max_length") == 100
+    # div_length unset (the default): the longest row rounded up to 8, not ArcticTraining's 256
+    assert [padded_length(n, None, 8192, "div_length") for n in (1, 8, 9, 141)] == [8, 8, 16, 144]
+    assert padded_length(141, None, 142, "div_length") == 142
 
 
 def test_pad_token_is_used_when_set_else_eos(tmp_path: Path, make_config, tokenizer) -> None:

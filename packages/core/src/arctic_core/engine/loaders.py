@@ -4,7 +4,8 @@ Two kinds of training data:
 
 - samples (any sized dataset of rows): `SampleLoader`, a seeded shuffle re-drawn every epoch,
   sharded over the data-parallel ranks without duplicates (`DistributedSampler`, last partial
-  share dropped), `micro_batch_size` rows per micro-batch through the method's collate.
+  share dropped), `micro_batch_size` rows per micro-batch through the method's collate;
+  with `data.group_by_length`, rows of similar length share a micro-batch (`group_by_length`).
 - pre-batched data (`PreBatched`): each stored item is one whole global batch (one optimizer
   step), as ArcticTraining's embedding data is stored. `PreBatchedLoader` gives this
   data-parallel rank its share of each stored batch, cut into `gradient_accumulation_steps`
@@ -34,22 +35,63 @@ from arctic_core.errors import ArcticError
 Batch = dict[str, Any]
 
 
+GROUP_WINDOW = 64
+"""Length grouping sorts windows of this many micro-batches' samples (HF's LengthGroupedSampler: 50)."""
+
+
+def group_by_length(indices: list[int], lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:
+    """`indices` reordered so that each run of `batch_size` holds samples of similar length.
+
+    Windows of `GROUP_WINDOW` micro-batches of the (already shuffled) indices are sorted by length,
+    cut into micro-batches, and all micro-batches are shuffled with `seed`; a partial last
+    micro-batch stays last (the loader drops it). Same inputs, same order: resumable by skipping.
+    """
+    full = len(indices) // batch_size * batch_size
+    window = batch_size * GROUP_WINDOW
+    batches = []
+    for start in range(0, full, window):
+        part = sorted(indices[start : min(start + window, full)], key=lambda i: -lengths[i])
+        batches += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [i for b in order for i in batches[b]] + indices[full:]
+
+
+def sample_lengths(dataset: Any) -> list[int]:
+    """Each row's token count: its longest `*input_ids` column, read from the Arrow table (no decoding)."""
+    import pyarrow.compute as pc
+
+    columns = [c for c in getattr(dataset, "column_names", []) if c.endswith("input_ids")]
+    if not columns:
+        raise ArcticError(
+            "data.group_by_length needs a tokenized dataset with an input_ids column; "
+            f"this one has {getattr(dataset, 'column_names', None)}"
+        )
+    table = dataset.with_format("arrow")[:]
+    counts = [pc.list_value_length(table.column(c)).to_pylist() for c in columns]
+    return [max(row) for row in zip(*counts)]
+
+
 class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
     """A `DistributedSampler` whose next pass can start part-way through the epoch (for resuming).
 
     `skip_next(n)` drops this rank's first n samples of the next `iter()` only. Indices are drawn
-    in the main process, so this holds with data-loader workers too.
+    in the main process, so this holds with data-loader workers too. With `lengths`, each epoch's
+    indices are grouped by length into runs of `batch_size` (`group_by_length`, seeded by the
+    seed and the epoch).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, lengths: Sequence[int] | None = None, batch_size: int = 1, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.skip = 0
+        self.lengths, self.batch_size = lengths, batch_size
 
     def skip_next(self, samples: int) -> None:
         self.skip = samples
 
     def __iter__(self) -> Iterator[Any]:
         indices = list(super().__iter__())
+        if self.lengths is not None:
+            indices = group_by_length(indices, self.lengths, self.batch_size, self.seed + self.epoch)
         skip, self.skip = self.skip, 0
         return iter(indices[skip:])
 
@@ -114,10 +156,18 @@ class SampleLoader(TrainLoader):
         dp_size: int,
         seed: int,
         workers: int = 0,
+        group_by_length: bool = False,
     ):
         self.batch_size = batch_size
         self.sampler = ResumableSampler(
-            dataset, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=seed, drop_last=True
+            dataset,
+            num_replicas=dp_size,
+            rank=dp_rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+            lengths=sample_lengths(dataset) if group_by_length else None,
+            batch_size=batch_size,
         )
         self.loader = DataLoader(
             dataset,
@@ -263,6 +313,7 @@ def train_loader(
     dp_size: int,
     seed: int,
     workers: int,
+    group_by_length: bool = False,
 ) -> TrainLoader:
     """The loader for a training dataset: `PreBatchedLoader` for `PreBatched` data, else `SampleLoader`."""
     if isinstance(dataset, PreBatched):
@@ -277,6 +328,7 @@ def train_loader(
         dp_size=dp_size,
         seed=seed,
         workers=workers,
+        group_by_length=group_by_length,
     )
 
 

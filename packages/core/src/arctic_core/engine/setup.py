@@ -139,6 +139,7 @@ def loaders(trainer: Trainer) -> None:
         dp_size=trainer.topology.dp_size,
         seed=config.data.seed,
         workers=config.data.dl_num_workers,
+        group_by_length=config.data.group_by_length,
     )
     state.loader = trainer.features.wrap_loader(trainer, loader)
     state.accumulation = config.gradient_accumulation_steps
