@@ -64,3 +64,32 @@ def test_checkpointed_chunks_give_the_same_embeddings_and_gradients(encoder_dir)
     assert len(g_whole) == len(g_chunked) > 0
     for a, b in zip(g_chunked, g_whole):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_step_flops_hand_count_bidirectional_encoder_real_lengths_no_output_layer():
+    from transformers import BertConfig, BertModel
+
+    from arctic_embed.trainer import EmbedTrainer
+
+    layers, hidden, inter = 2, 32, 48
+    config = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=inter,
+        vocab_size=90,
+    )
+    trainer = object.__new__(EmbedTrainer)  # step_flops reads only the model and the tokenizer
+    trainer.model, trainer.tokenizer = BertModel(config), None
+    batch = {
+        "query_input_ids": torch.zeros(2, 6, dtype=torch.long),
+        "query_attention_mask": torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]]),
+        "document_input_ids": torch.zeros(3, 7, dtype=torch.long),
+        "document_attention_mask": torch.tensor([[1] * 4 + [0] * 3, [0] * 7, [1] * 7]),
+    }
+    # per token and layer: q, k, v, o (4 H^2 weights) and the 2-matrix MLP (2 H I), 2 FLOPs each;
+    # full attention: scores and values, 2 x 2 x H x n^2 per layer
+    forward = sum(
+        n * layers * (8 * hidden**2 + 4 * hidden * inter) + 4 * layers * hidden * n * n for n in (3, 5, 4, 7)
+    )
+    assert trainer.step_flops(batch) == 3 * forward

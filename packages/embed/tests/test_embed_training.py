@@ -76,6 +76,7 @@ def test_quickstart_raises_held_out_ndcg_and_exports_a_folder_that_embeds_the_sa
     assert after > before + 0.1, (before, after)
     metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 1.0 and "accuracy" in metrics[0]
+    assert all(m["tflops"] > 0 for m in metrics)  # EmbedTrainer.step_flops: the encoder's count
     # the exported folder: a plain AutoModel + its saved pooling gives the trainer's embeddings
     folder = tmp_path / "run" / "checkpoints" / "sentence_transformers"
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())

@@ -192,3 +192,41 @@ def test_arctictraining_recipe_spellings_and_type_alias(tmp_path):
         with pytest.raises(RecipeError) as error:
             load_recipe(recipe, [bad] if isinstance(bad, str) else list(bad))
         assert key in str(error.value), (bad, str(error.value))
+
+
+def test_step_flops_hand_count_base_forward_and_heads_at_real_lengths():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from arctic_speculator.trainer import SpeculatorTrainer
+
+    layers, hidden, inter, heads, kv, vocab = 2, 32, 40, 4, 2, 128
+    config = LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        vocab_size=vocab,
+    )
+    trainer = object.__new__(SpeculatorTrainer)  # step_flops reads only these three
+    trainer.tokenizer = None
+    trainer.base = SimpleNamespace(module=LlamaForCausalLM(config))
+    trainer.model = MLPSpeculator(hidden, vocab, n_predict=3, inner_dim=16)
+    labels = torch.tensor([[-100, -100, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, -100, -100, -100]])
+    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    batch = {"input_ids": torch.ones(2, 8, dtype=torch.long), "labels": labels, "attention_mask": mask}
+    d = hidden // heads
+    per_token = layers * (2 * hidden * (hidden + 2 * kv * d) + 2 * hidden * hidden + 6 * hidden * inter)
+    base = sum(n * per_token + 2 * layers * hidden * n * (n + 1) for n in (8, 5))  # causal, no logits
+    steps = 2 * hidden * 16 + 2 * (2 * 16 * 16)  # head 0 reads the base width, heads 1, 2 the inner
+    positions = 6 + 3  # t < n - 2 in each sample
+    scored = (6 + 5 + 4) + (3 + 2 + 1)  # head i at t scores label t + 2 + i where it is trained
+    assert trainer.step_flops(batch) == base + 3 * (positions * steps + scored * 2 * 16 * vocab)
+    lstm = LSTMSpeculator(hidden, vocab, n_predict=2, method="sum_lstm", tie_weights=True, inner_dim=16)
+    assert [lstm.step_flops(i) for i in range(2)] == [4 * 2 * hidden * 16, 4 * 2 * 16 * 16]
+    rnn = LSTMSpeculator(
+        hidden, vocab, n_predict=2, method="sum_rnn", inner_dim="16.8", proj_dim=16, emb_dim=16
+    )
+    assert rnn.step_flops(1) == 2 * (8 * 16 + 16 * 8) and rnn.state_width == 8

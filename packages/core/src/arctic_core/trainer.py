@@ -31,6 +31,8 @@ Hooks for methods (override in a subclass; docs/writing-a-method.md):
 - `topology_sizes()`: the parallel sizes (default: what enabled features ask for).
 - `before_optimizer_step()`: called once per step after the last backward, gradients complete.
 - `step_metrics()`: extra numbers for the step's metrics line.
+- `step_flops(micro_batch)`: a micro-batch's training FLOPs for `tflops`/`mfu` (default: core's
+  counter on the trained model, `flops_counter`).
 - `subscribe(events)`: the method's own handlers for the loop's events (default: none).
 - `evaluate()`, `generation_eval(when)`: the eval loss; held-out generation accuracy.
 - class-level: `check_config`, `shrink_layers`, `verify_skips` (recipe checks, `arctic verify`).
@@ -38,6 +40,7 @@ Hooks for methods (override in a subclass; docs/writing-a-method.md):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -324,6 +327,25 @@ class Trainer(Generic[ConfigT]):
     def step_metrics(self) -> dict[str, Any]:
         """Extra values for this step's metrics line."""
         return {}
+
+    def step_flops(self, micro_batch: dict[str, Any]) -> int | None:
+        """Model training FLOPs of one micro-batch as loaded (on the CPU, before `prepare_batch`), for the
+        metrics' `tflops` and `mfu` (called on rank 0 only); None where the model has no count.
+
+        Default: core's counter for the trained model (`flops_counter`, over `input_ids`). A method
+        whose batches or trained module differ (embed, speculator) counts its own, with
+        `arctic_core.engine.flops.FlopsCounter`'s arithmetic.
+        """
+        counter = self.flops_counter
+        return None if counter is None else counter.batch(micro_batch)
+
+    @functools.cached_property
+    def flops_counter(self) -> Any:
+        """Core's `arctic_core.engine.flops.FlopsCounter` for the trained model (built on first use, with
+        the tokenizer's padding id); None where the model has no transformer config."""
+        from arctic_core.engine.flops import counter_for, pad_id_or_none
+
+        return counter_for(self.model, pad_id=pad_id_or_none(self.tokenizer))
 
     def subscribe(self, events: Events) -> None:
         """Subscribe the method's own handlers to the loop's events (`arctic_core.engine.loop.EVENTS`),

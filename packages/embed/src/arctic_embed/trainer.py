@@ -162,6 +162,20 @@ class EmbedTrainer(Trainer[EmbedConfig]):
         """Rows: one per (query, positive) pair whose positive is among the gathered documents."""
         return float(batch["targets"].rows)
 
+    def step_flops(self, micro_batch: dict[str, Any]) -> int | None:
+        """The encoder's forward and backward (3 x forward, no output layer) over every query and
+        document token encoded, at each text's real length (padding excluded); pooling not counted."""
+        counter = self.flops_counter
+        if counter is None:
+            return None
+        lengths = [
+            int(n)
+            for side in ("query", "document")
+            for n in micro_batch[f"{side}_attention_mask"].sum(dim=1).tolist()
+            if n
+        ]
+        return 3 * counter.forward(lengths, head_rows=0)
+
     @property
     def pooling(self) -> str:
         """The resolved pooling (`resolve_config` set it from the model folder, else the default)."""

@@ -26,6 +26,7 @@ width) and `proj.1` for the others.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -128,6 +129,22 @@ class Speculator(nn.Module):
     def step(self, i: int, carry: Carry, token: torch.Tensor) -> Carry:
         raise NotImplementedError
 
+    @property
+    def state_width(self) -> int:
+        """The width of a head's final state (the output layers' input)."""
+        raise NotImplementedError
+
+    def step_flops(self, i: int) -> int:
+        """Forward FLOPs of head i's step at one position: its matrix products (embeddings are lookups;
+        norms, activations and gates are not counted)."""
+        raise NotImplementedError
+
+    def forward_flops(self, positions: int, scored: int) -> int:
+        """Forward FLOPs of every head's step at `positions` positions and of the output layers at
+        `scored` (position, head) pairs (2 x width x vocab each)."""
+        steps = sum(self.step_flops(i) for i in range(self.n_predict))
+        return positions * steps + scored * 2 * self.state_width * self.vocab_size
+
     def head_states(self, hidden: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Each head's final state `[B, T, width]` (before its output layer), teacher-forced.
 
@@ -222,6 +239,13 @@ class MLPSpeculator(Speculator):
 
     def step(self, i: int, carry: Carry, token: torch.Tensor) -> Carry:
         return self.ln[i](self.proj[i](carry[0]), self.emb[i](token), self.alpha), None
+
+    @property
+    def state_width(self) -> int:
+        return self.inner_dim
+
+    def step_flops(self, i: int) -> int:
+        return 2 * (self.emb_dim if i == 0 else self.inner_dim) * self.inner_dim
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -347,6 +371,19 @@ class LSTMSpeculator(Speculator):
         cell = candidate if cell is None else cell * torch.sigmoid(gates["forget"]) + candidate
         state = self.activation(self.state_ln[e](cell)) * torch.sigmoid(gates["output"])
         return state, cell
+
+    @property
+    def state_width(self) -> int:
+        return self.inner[-1]
+
+    def step_flops(self, i: int) -> int:
+        first = self.input_hidden_dim if i == 0 else self.inner[-1]
+        if self.method == "sum_lstm":  # four gates, one projection each
+            return 4 * 2 * first * self.proj_dims[0]
+        chains = sum(
+            a * b for dims in (self.proj_dims, self.emb_dims, self.inner) for a, b in itertools.pairwise(dims)
+        )
+        return 2 * (first * self.proj_dims[0] + chains)
 
     def settings(self) -> dict[str, Any]:
         return {

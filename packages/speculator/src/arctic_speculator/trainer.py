@@ -16,6 +16,7 @@ layout vLLM and ArcticInference load. ArcticTraining's recipe types are aliases:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -58,6 +59,32 @@ class SpeculatorTrainer(Trainer[SpeculatorConfig]):
         from arctic_speculator.loss import trainable_positions
 
         return float(trainable_positions(batch["labels"], batch.get("position_ids")))
+
+    @functools.cached_property
+    def base_flops_counter(self) -> Any:
+        """Core's `FlopsCounter` for the frozen base model, without its output layer (never run)."""
+        from arctic_core.engine.flops import FlopsCounter, pad_id_or_none
+
+        config = self.base.module.config
+        return FlopsCounter.from_config(config, head="none", pad_id=pad_id_or_none(self.tokenizer))
+
+    def step_flops(self, micro_batch: dict[str, Any]) -> int | None:
+        """The frozen base model's forward (1 x, hidden states only) at each sample's real length, plus
+        the heads' forward and backward (3 x forward): every head's step at each position whose head-0
+        target lies in its sample, the output layers at each scored (position, head) pair."""
+        from arctic_core.engine.flops import sample_lengths
+        from arctic_speculator.loss import IGNORE_INDEX, head_targets, num_positions
+
+        base = self.base_flops_counter
+        lengths = sample_lengths(micro_batch, base.pad_id)
+        labels, position_ids = micro_batch["labels"], micro_batch.get("position_ids")
+        speculator: Any = getattr(self.model, "module", self.model)
+        scored = sum(
+            int((head_targets(labels, i, position_ids) != IGNORE_INDEX).sum())
+            for i in range(speculator.n_predict)
+        )
+        positions = sum(num_positions(n) for n in lengths)
+        return base.forward(lengths, head_rows=0) + 3 * speculator.forward_flops(positions, scored)
 
     def base_hidden_states(self, batch: dict[str, Any]) -> torch.Tensor:
         """The frozen base model's last hidden states `[B, L, H]` (after its final norm), no grad."""

@@ -11,7 +11,9 @@ Counted per micro-batch, on the CPU copy of the batch (before it moves to the de
   (2·H·E); layers listed as dense (`first_k_dense_replace`, `mlp_only_layers`,
   `decoder_sparse_step`) count the dense MLP.
 - Attention scores and values at the real length L of every sample (a packed row counts each of
-  its samples, never the padding): causal, so query i sees i + 1 keys, 2·n_h·d·L·(L+1) per layer.
+  its samples, never the padding): causal, so query i sees i + 1 keys, 2·n_h·d·L·(L+1) per layer;
+  a bidirectional encoder (every attention module's `is_causal` false, e.g. BERT) 4·n_h·d·L².
+- The MLP of a BERT-family encoder (`UNGATED_MLP`) has 2 matrices (4·H·I), not 3.
 - The output layer, 2·H·V per projected position: only the trained positions (shifted labels
   != -100) when the loss projects only those (`arctic_core.losses.causal_lm_loss`, the default of
   every causal LM with an output layer), none for a model without one (embeddings).
@@ -48,6 +50,9 @@ PEAK_TFLOPS: dict[str, float] = {
 """Dense bf16/fp16 tensor-core peak TFLOPS per device, matched in this order against the CUDA name."""
 
 _EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+UNGATED_MLP = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet")
+"""Model types whose MLP is up, down (2 matrices) rather than gate, up, down."""
 
 
 def _int(config: Any, name: str, default: int = 0) -> int:
@@ -97,18 +102,30 @@ class FlopsCounter:
     """Which positions reach the output layer: "trained" (shifted labels != -100), "all" or "none"."""
     pad_id: int | None = None
     """The padding id, to find where a packed row's samples end when a batch holds several rows."""
+    causal: bool = True
+    """Causal attention (a decoder); False: bidirectional (an encoder)."""
+    mlp_matrices: int = 3
 
     @classmethod
-    def from_config(cls, config: Any, *, head: str = "trained", pad_id: int | None = None) -> FlopsCounter:
-        """From a transformers config (attributes read directly, so any decoder-only model works)."""
+    def from_config(
+        cls, config: Any, *, head: str = "trained", pad_id: int | None = None, causal: bool = True
+    ) -> FlopsCounter:
+        """From a transformers config (attributes read directly, so any decoder or BERT-like encoder works)."""
         shape = ModelShape.from_hf_config(config)
-        return cls(shape=shape, moe=Moe.from_config(config, shape.layers), head=head, pad_id=pad_id)
+        return cls(
+            shape=shape,
+            moe=Moe.from_config(config, shape.layers),
+            head=head,
+            pad_id=pad_id,
+            causal=causal,
+            mlp_matrices=2 if shape.model_type in UNGATED_MLP else 3,
+        )
 
     def linear_per_token(self) -> int:
         """Forward FLOPs of every layer's projections and MLP for one token (the output layer apart)."""
         s = self.shape
         attention = 2 * s.hidden * (s.q_dim + 2 * s.kv_dim) + 2 * s.q_dim * s.hidden
-        dense_mlp = 6 * s.hidden * s.intermediate
+        dense_mlp = 2 * self.mlp_matrices * s.hidden * s.intermediate
         if self.moe is None:
             return s.layers * (attention + dense_mlp)
         m = self.moe
@@ -117,9 +134,10 @@ class FlopsCounter:
         return s.layers * attention + dense * dense_mlp + (s.layers - dense) * sparse_mlp
 
     def attention(self, lengths: Iterable[int]) -> int:
-        """Forward FLOPs of causal attention scores and values over samples of these lengths."""
+        """Forward FLOPs of attention scores and values over samples of these lengths (causal or not)."""
         s = self.shape
-        return 2 * s.layers * s.heads * s.head_dim * sum(n * (n + 1) for n in lengths)
+        pairs = sum(n * (n + 1) if self.causal else 2 * n * n for n in lengths)
+        return 2 * s.layers * s.heads * s.head_dim * pairs
 
     def forward(self, lengths: Sequence[int], head_rows: int) -> int:
         """Forward FLOPs of samples of `lengths` tokens with `head_rows` positions through the output layer."""
@@ -205,11 +223,29 @@ def peak_of_name(name: str) -> float | None:
     return None
 
 
+def pad_id_or_none(tokenizer: Any) -> int | None:
+    """The collate's padding id for `tokenizer` (`arctic_core.data.collate.pad_id_of`), None without one."""
+    from arctic_core.data.collate import pad_id_of
+
+    try:
+        return pad_id_of(tokenizer)
+    except (AttributeError, ValueError):
+        return None
+
+
+def is_causal(model: Any) -> bool:
+    """False when every attention module of a transformers model says `is_causal = False` (an encoder)."""
+    modules = model.modules() if hasattr(model, "modules") else ()
+    flags = [m.is_causal for m in modules if isinstance(getattr(m, "is_causal", None), bool)]
+    return not flags or any(flags)
+
+
 def counter_for(model: Any, *, pad_id: int | None) -> FlopsCounter | None:
     """The counter for a trainer's model (its transformers config), or None for a model without one.
 
     The output layer sees only trained positions when the model is a causal LM with an output
-    layer (the fused loss), none when the model has none (an embedding model).
+    layer (the fused loss), none when the model has none (an embedding model); attention is
+    bidirectional where the model's attention modules say so (`is_causal`).
     """
     from arctic_core.losses import backbone_and_head
 
@@ -223,6 +259,6 @@ def counter_for(model: Any, *, pad_id: int | None) -> FlopsCounter | None:
     except TypeError:
         head = "none"
     try:
-        return FlopsCounter.from_config(config, head=head, pad_id=pad_id)
+        return FlopsCounter.from_config(config, head=head, pad_id=pad_id, causal=is_causal(module))
     except (AttributeError, TypeError, ValueError):  # a config without a decoder's shape
         return None

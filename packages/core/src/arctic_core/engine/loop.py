@@ -386,18 +386,14 @@ def start_run(trainer: Trainer) -> None:
 
 
 def count_flops(trainer: Trainer) -> None:
-    """Give rank 0's metrics writer the model's FLOPs counter and the device's peak (TFLOPS, MFU)."""
-    from arctic_core.data.collate import pad_id_of
-    from arctic_core.engine.flops import counter_for, peak_tflops
+    """Give rank 0's metrics writer the method's FLOPs count (`Trainer.step_flops`) and the device's peak."""
+    from arctic_core.engine.flops import peak_tflops
 
     if trainer.rank != 0:
         return
-    try:
-        pad_id: int | None = pad_id_of(trainer.tokenizer)
-    except (AttributeError, ValueError):
-        pad_id = None
-    counter = counter_for(trainer.model, pad_id=pad_id)
-    trainer.metrics.count_flops_with(counter, peak_tflops(trainer.device, trainer.config.model.dtype))
+    trainer.metrics.count_flops_with(
+        trainer.step_flops, peak_tflops(trainer.device, trainer.config.model.dtype)
+    )
 
 
 def end_run(trainer: Trainer) -> None:

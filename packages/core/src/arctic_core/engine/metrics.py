@@ -6,8 +6,8 @@
   left. When the console is not a terminal (a log file, CI), a log line every 5% of the run
   instead, and no progress bars from datasets, transformers or the hub either.
 - Metrics: rank 0 appends one JSON object per optimizer step to `config.metrics_path`; a step
-  that evaluated also carries `eval_loss` and `eval_perplexity`. With a FLOPs counter
-  (`count_flops_with`, `arctic_core.engine.flops`) every line also has `tflops` (rank 0's model
+  that evaluated also carries `eval_loss` and `eval_perplexity`. With a FLOPs count
+  (`count_flops_with`: the method's `Trainer.step_flops`, `arctic_core.engine.flops`) every line also has `tflops` (rank 0's model
   TFLOPS per device: its micro-batches' training FLOPs over the step's seconds) and, on a device
   of known peak, `mfu` (tflops / peak). A resumed run keeps the lines
   up to the checkpoint's step and appends after them. A fresh run into a folder that holds an
@@ -193,17 +193,22 @@ class MetricsWriter:
 
             self.tensorboard = SummaryWriter(str(Path(config.run_dir) / "tensorboard"))
 
-    def count_flops_with(self, counter: Any, peak_tflops: float | None) -> None:
-        """Report `tflops` (and `mfu` against `peak_tflops`) from a `flops.FlopsCounter` (rank 0 only)."""
+    def count_flops_with(self, step_flops: Any, peak_tflops: float | None) -> None:
+        """Report `tflops` (and `mfu` against `peak_tflops`) from `step_flops(micro_batch)`, the training
+        FLOPs of one micro-batch or None where it has no count (`Trainer.step_flops`; rank 0 only)."""
         if self.enabled:
-            self.flops, self.peak_tflops = counter, peak_tflops
+            self.flops, self.peak_tflops = step_flops, peak_tflops
 
     def count_flops(self, micro_batches: list[dict[str, Any]]) -> None:
         """Add a step's CPU micro-batches to its FLOPs (before they move to the device: no sync)."""
         if self.flops is None:
             return
         try:
-            self.step_flops += sum(self.flops.batch(batch) for batch in micro_batches)
+            counts = [self.flops(batch) for batch in micro_batches]
+            if any(count is None for count in counts):  # no count for this model: no TFLOPS
+                self.flops, self.step_flops = None, 0
+                return
+            self.step_flops += sum(counts)
         except Exception as exc:  # a method's own batch layout: no TFLOPS rather than a failed run
             log.warning("no TFLOPS in the metrics: counting this batch's FLOPs failed (%r)", exc)
             self.flops, self.step_flops = None, 0
