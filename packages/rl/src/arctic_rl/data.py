@@ -65,7 +65,7 @@ def source_rows(source: SourceConfig, table: Any, where: str) -> list[dict[str, 
 
 
 def load_prompts(sources: list[SourceConfig], role: str, scratch: Path) -> list[dict[str, Any]]:
-    """Every row of `sources` as a prompt row, in order (`arctic grpo eval`'s prompts, uncached)."""
+    """Every row of `sources` as a prompt row, in order (`arctic rl eval`'s prompts, uncached)."""
     from arctic_core.data.sources import load_source, sample
 
     rows: list[dict[str, Any]] = []

@@ -26,7 +26,7 @@ LOSS_SCALE = "loss_scale"
 """A step metric a method logs when its loss is a sum of terms that cancel (GRPO: advantages summing
 to zero per group): the same aggregate over the terms' absolute values. Verify then compares the
 loss relative to max(|loss|, loss_scale), the size of what was summed, instead of relative to a
-value that is zero by construction (docs/verify.md, "Tolerances")."""
+value that is zero by construction (docs/verify.md, "The checks")."""
 
 
 @attrs.frozen(kw_only=True)
