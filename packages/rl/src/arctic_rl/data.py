@@ -126,7 +126,10 @@ class PromptDataFactory(DataFactory):
 
     def prompt_length(self, prompt: list[dict[str, Any]]) -> int:
         """The prompt's tokens as the rollout will feed them (chat template, generation prompt)."""
-        return len(self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+        encoded = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return len(
+            encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        )  # newer transformers: a dict
 
     def finish_split(self, table: Any, stats: list[dict]) -> tuple[Any, dict[str, Any]]:
         """Prompts are never packed: only the split's totals."""
