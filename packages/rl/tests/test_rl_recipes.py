@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import pytest
 from rl_support import QUICKSTART, REPO
 
+from arctic_core.evals import left_padded
 from arctic_core.recipe import load_recipe
 from arctic_core.testing import read_metrics
+from arctic_rl.data import decode
 
 RECIPES = REPO / "packages/rl/recipes"
 
@@ -35,7 +39,10 @@ def test_text2sql_recipe_runs_two_steps_on_cpu_and_leaves_its_database_alone(tmp
     assert [r["step"] for r in records] == [1, 2]
     for key in ("rewards/sql_execution/mean", "rewards/answer_format/mean", "rollout_seconds", "entropy"):
         assert key in records[-1]
-    rows = trainer.train_dataset
+    rows = [decode(row) for row in trainer.train_dataset]
     assert all(row["db_path"] == str(database) for row in rows)  # relative to the data file
+    summary = json.loads((Path(trainer.config.run_dir) / "data_summary.json").read_text())
+    prompt_tokens = left_padded(trainer.tokenizer, [row["prompt"] for row in rows], 0)["attention_mask"].sum()
+    assert summary["train"]["samples"] == len(rows) and summary["train"]["tokens"] == int(prompt_tokens)
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
     assert (tmp_path / "run" / "rl_eval.jsonl").is_file()  # held-out rewards before and after

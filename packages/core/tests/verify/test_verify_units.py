@@ -62,6 +62,20 @@ def test_compare_step_passes_within_tolerance_and_fails_beyond(tmp_path: Path) -
     assert row.status == "FAIL" and "gradients are all zero" in row.note
 
 
+def test_a_loss_zero_by_construction_is_compared_relative_to_its_logged_loss_scale(tmp_path: Path) -> None:
+    check = core_checks()[1]
+    grads = [1.0, -2.0]
+    zero = _result("reference", tmp_path, grads, 0.0)  # no loss_scale: relative to 0, noise fails
+    assert compare_step(check, zero, _result("noise", tmp_path, grads, 1e-9), "x").status == "FAIL"
+    scaled = _result("reference", tmp_path, grads, 0.0, loss_scales=[0.5])
+    row = compare_step(check, scaled, _result("noise", tmp_path, grads, 1e-9), "x")
+    assert row.status == "PASS" and row.max_rel == pytest.approx(2e-9) and "of loss_scale" in row.note
+    row = compare_step(check, scaled, _result("off", tmp_path, grads, 1e-3), "x")  # a real difference
+    assert row.status == "FAIL" and row.max_rel == pytest.approx(2e-3)
+    row = compare_step(check, scaled, _result("grads", tmp_path, [1.0, -2.02], 1e-9), "x")
+    assert row.status == "FAIL" and row.max_rel == pytest.approx(0.01)  # gradients stay strict
+
+
 def test_resume_compare_needs_bit_identical_losses_and_a_real_resume() -> None:
     straight = VariantResult(name="resume-straight", losses=[3.0, 2.5, 2.25])
     killed = VariantResult(name="resume-killed", losses=[3.0], killed=True)

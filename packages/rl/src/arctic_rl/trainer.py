@@ -25,9 +25,10 @@ import torch
 
 from arctic_core.engine.loop import model_inputs
 from arctic_core.trainer import LossOutput, Trainer
+from arctic_core.verify.base import LOSS_SCALE
 from arctic_rl import loss as grpo
 from arctic_rl.config import GRPOConfig
-from arctic_rl.data import PROMPT, ROW, collate, load_prompts
+from arctic_rl.data import PROMPT, ROW, PromptDataFactory, collate, decode
 from arctic_rl.evaluate import Scorer
 from arctic_rl.rollout import Completions, row_seed, training_batch
 
@@ -48,6 +49,7 @@ class GRPOTrainer(Trainer[GRPOConfig]):
     name = "grpo"
     config_class: ClassVar[type[GRPOConfig]] = GRPOConfig
     reports_perplexity: ClassVar[bool] = False
+    data_factory_class: ClassVar[Any] = PromptDataFactory
 
     def __init__(self, config: GRPOConfig, *, local_rank: int | None = None):
         super().__init__(config, local_rank=local_rank)
@@ -66,16 +68,18 @@ class GRPOTrainer(Trainer[GRPOConfig]):
         from arctic_rl.rewards import load_rewards
 
         config = self.config
-        scratch = Path(config.run_dir) / ".scratch-prompts"
-        rows = load_prompts(config.data.sources, "train", scratch)
-        random.Random(config.data.seed).shuffle(rows)
-        held = round(len(rows) * config.data.train_eval_split[1])
-        eval_rows = load_prompts(config.data.eval_sources, "eval", scratch) + rows[:held]
-        rows = rows[held:]
-        rows = [{**row, ROW: i} for i, row in enumerate(rows)]  # seeds each completion (rollout.py)
+        factory_class = self.data_factory_class or PromptDataFactory
+        factory = factory_class(config, self.tokenizer, run_dir=Path(config.run_dir))
+        table = factory.train_dataset()
+        order = list(range(len(table)))
+        random.Random(config.data.seed).shuffle(order)
+        table = table.select(order).add_column(ROW, list(range(len(order))))  # seeds each completion
+        held_out = factory.eval_dataset()
+        eval_rows = [decode(row) for row in held_out] if held_out is not None else []
         if config.num_iterations == 1:
-            self.train_dataset = rows  # core's sample loader: sharded, reshuffled every epoch
+            self.train_dataset = table  # core's sample loader: sharded, reshuffled every epoch
         else:  # each global batch stored μ times in a row, trained on for μ steps
+            rows = [decode(row) for row in table]
             per_step = self.topology.dp_size * config.gradient_accumulation_steps * config.micro_batch_size
             self.train_dataset = PreBatched(
                 [
@@ -242,6 +246,10 @@ class GRPOTrainer(Trainer[GRPOConfig]):
             "kl": grpo.masked_mean(kl, mask),
             "clip_ratio": grpo.masked_mean(clipped.double(), mask),
             "entropy": grpo.masked_mean(entropy, mask),
+            # the loss's size before its terms cancel (at μ = 1 the loss itself is 0 by construction)
+            LOSS_SCALE: grpo.aggregate(
+                losses.detach().abs(), mask, config.loss_type, config.max_completion_length
+            ),
         }
         return LossOutput(value, weight=float(mask.sum()), metrics=metrics)
 

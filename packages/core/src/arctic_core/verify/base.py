@@ -22,6 +22,12 @@ Status = Literal["PASS", "FAIL", "SKIP", "REPORT"]
 COMPARE_RTOL = 1e-5
 """Relative tolerance of the comparison checks (packing, accumulation, ranks; docs/verify.md)."""
 
+LOSS_SCALE = "loss_scale"
+"""A step metric a method logs when its loss is a sum of terms that cancel (GRPO: advantages summing
+to zero per group): the same aggregate over the terms' absolute values. Verify then compares the
+loss relative to max(|loss|, loss_scale), the size of what was summed, instead of relative to a
+value that is zero by construction (docs/verify.md, "The checks")."""
+
 
 @attrs.frozen(kw_only=True)
 class Variant:
@@ -88,6 +94,9 @@ class VariantResult:
 
     name: str
     losses: list[float] = attrs.field(factory=list)  # per step, as the run's metrics.jsonl has them
+    loss_scales: list[float | None] = attrs.field(
+        factory=list
+    )  # per step, the `LOSS_SCALE` metric (None: not logged)
     weights: list[list[float]] = attrs.field(factory=list)  # micro-batch weights (all ranks), per step
     tokens: list[list[float]] = attrs.field(factory=list)  # their trainable tokens, per step
     rows: int = 0  # training rows (samples, or packed rows) in the step
@@ -216,10 +225,16 @@ def compare_step(
         note = "the reference step's gradients are all zero: there is nothing to compare (a model that does not train?)"
         return check.row("FAIL", compared, note=note)
     loss_abs, loss_rel = diff(other.losses[-1:], reference.losses[-1:])
+    scale = reference.loss_scales[-1] if reference.loss_scales else None
+    if scale is not None and reference.losses and math.isfinite(loss_abs):
+        scale = max(abs(reference.losses[-1]), scale)
+        loss_rel = loss_abs / scale if scale > 0 else (0.0 if loss_abs == 0 else math.inf)
     grad_abs, grad_rel = diff(other.grads(), reference_grads)
     worst_abs, worst_rel = max(loss_abs, grad_abs), max(loss_rel, grad_rel)
     status: Status = "PASS" if worst_rel <= rtol else "FAIL"
-    note = f"loss rel {loss_rel:.1e}, grads rel {grad_rel:.1e}"
+    note = (
+        f"loss rel {loss_rel:.1e}{' (of loss_scale)' if scale is not None else ''}, grads rel {grad_rel:.1e}"
+    )
     return check.row(
         status, compared, max_abs=worst_abs, max_rel=worst_rel, tolerance=f"rel {rtol:g}", note=note
     )

@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from arctic_core.trainer import Trainer
-from arctic_core.verify.base import CannotRun, Variant, micro_batch_size_for
+from arctic_core.verify.base import LOSS_SCALE, CannotRun, Variant, micro_batch_size_for
 
 ROW_MULTIPLE = 4
 """The sample set is cut to a multiple of this, so that 2 ranks x 2 micro-batches divide it."""
@@ -272,6 +272,7 @@ def write_result(trainer: Any, **fields: Any) -> None:
     result = {
         "name": trainer.variant.name,
         "losses": [r["loss"] for r in records],
+        "loss_scales": [r.get(LOSS_SCALE) for r in records],
         "weights": [w for _, w in sorted(getattr(trainer, "step_weights", {}).items())],
         "tokens": [t for _, t in sorted(getattr(trainer, "step_tokens", {}).items())],
         "rows": getattr(trainer, "verify_rows", 0),
