@@ -46,3 +46,18 @@ def test_text2sql_recipe_runs_two_steps_on_cpu_and_leaves_its_database_alone(tmp
     assert summary["train"]["samples"] == len(rows) and summary["train"]["tokens"] == int(prompt_tokens)
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
     assert (tmp_path / "run" / "rl_eval.jsonl").is_file()  # held-out rewards before and after
+
+
+def test_arctic_rl_takes_grpo_recipes_and_lists_them_by_name():
+    """`arctic rl train quickstart` (the issue's CLI) runs the bundled `type = "grpo"` recipes; other
+    methods' recipes are still refused, and ArcticTraining's `biencoder` name lists embed's recipes."""
+    from arctic_core.errors import RecipeError
+    from arctic_core.recipe.bundled import find_recipe, method_recipes
+    from arctic_core.recipe.loader import resolve_type
+
+    assert {"quickstart", "text2sql"} <= set(method_recipes("rl"))
+    assert find_recipe("quickstart", "rl") == str(RECIPES / "quickstart.toml")
+    resolve_type("grpo", "quickstart.toml", method="rl")  # no error: rl is another name of grpo
+    with pytest.raises(RecipeError, match="the recipe's type is 'sft'"):
+        resolve_type("sft", "recipe.toml", method="rl")
+    assert "quickstart" in method_recipes("biencoder")

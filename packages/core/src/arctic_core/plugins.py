@@ -55,6 +55,7 @@ class Method:
     plan: str | None = None  # "module:function" adjusting `arctic plan`'s PlanSetup (docs/plan.md)
     kernels: tuple[Kernel, ...] = ()  # its custom kernels (`arctic_core.kernels.registry`)
     core_version: str = ""  # PEP 440 specifier for arctic-core, e.g. ">=0.1,<0.2"
+    same_as: str | None = None  # a method this one is another name of (`arctic rl` for `grpo`)
 
     def config_class(self) -> type:
         return load_reference(self.config, light=True)
@@ -200,6 +201,16 @@ def method_names() -> list[str]:
 
 
 @cache
+def same_method(a: str, b: str) -> bool:
+    """Whether method names `a` and `b` name one method (equal, or one declared `same_as` the other)."""
+
+    def original(name: str) -> str:
+        found = get(name)
+        return (found.method.same_as or name) if found is not None and found.method is not None else name
+
+    return a == b or original(a) == original(b)
+
+
 def get(name: str) -> InstalledMethod | None:
     """The installed method called `name` (importing only its light plugin module)."""
     candidates = _entries().get(name)

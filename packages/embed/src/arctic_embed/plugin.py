@@ -30,4 +30,5 @@ biencoder = Method(
     commands="arctic_embed.cli:commands",
     kernels=(INFONCE,),
     core_version=CORE,
+    same_as="embed",
 )

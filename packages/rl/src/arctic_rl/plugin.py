@@ -22,10 +22,11 @@ grpo = Method(
 
 rl = Method(
     name="rl",
-    description="arctic-rl's command group: `arctic rl train` (recipe type rl = grpo), `arctic rl eval`.",
+    description="arctic-rl's command group: `arctic rl train|eval|verify` take grpo recipes (type rl = grpo).",
     config="arctic_rl.config:GRPOConfig",
     trainer="arctic_rl.trainer:RLTrainer",
     commands="arctic_rl.cli:commands",
     kernels=(GRPO_TOKEN_LOSS,),
     core_version=">=0.1,<0.2",
+    same_as="grpo",
 )

@@ -55,7 +55,10 @@ def _recipe_type(path: Path) -> str | None:
 
 
 def method_recipes(method: str) -> dict[str, Path]:
-    """The bundled recipes of `method` by name (file stem): its package's recipes of that type."""
+    """The bundled recipes of `method` by name (file stem): its package's recipes of that type
+    (or of a method it is `same_as`, as `arctic rl` lists arctic-rl's `grpo` recipes)."""
+    from arctic_core import plugins
+
     package = _package_of(method)
     if package is None:
         return {}
@@ -65,7 +68,8 @@ def method_recipes(method: str) -> dict[str, Path]:
         return {}
     found = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix in RECIPE_SUFFIXES and _recipe_type(path) in (method, None):
+        kind = _recipe_type(path)
+        if path.suffix in RECIPE_SUFFIXES and (kind is None or plugins.same_method(method, kind)):
             found[path.stem] = path
     return found
 

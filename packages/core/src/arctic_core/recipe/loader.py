@@ -331,7 +331,11 @@ def _import_user_code(code: Any, type_name: str, folder: Path | None, source: st
 
 def resolve_type(type_name: str, source: str, method: str | None = None) -> tuple[type, str | type]:
     """The config class and trainer for a recipe `type`."""
-    if method is not None and type_name != method and plugins.get(type_name) is not None:
+    if (
+        method is not None
+        and plugins.get(type_name) is not None
+        and not plugins.same_method(method, type_name)
+    ):
         raise RecipeError(
             f"the recipe's type is {type_name!r} but the command is `arctic {method} train`",
             path="type",
