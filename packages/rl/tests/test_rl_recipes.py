@@ -61,3 +61,7 @@ def test_arctic_rl_takes_grpo_recipes_and_lists_them_by_name():
     with pytest.raises(RecipeError, match="the recipe's type is 'sft'"):
         resolve_type("sft", "recipe.toml", method="rl")
     assert "quickstart" in method_recipes("biencoder")
+    # a file listed under both names of one method is one recipe, not an ambiguity
+    assert find_recipe("e5-base-unsupervised") == str(
+        REPO / "packages/embed/recipes/e5-base-unsupervised.toml"
+    )

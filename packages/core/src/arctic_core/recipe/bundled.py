@@ -97,7 +97,12 @@ def find_recipe(value: str, method: str | None = None) -> str:
     if path.is_file() or (not path.is_dir() and ("/" in value or path.suffix in RECIPE_SUFFIXES)):
         return value
     methods = [method] if method else plugins.method_names()
-    matches = [(m, recipes[value]) for m in methods if value in (recipes := method_recipes(m))]
+    found = [(m, recipes[value]) for m in methods if value in (recipes := method_recipes(m))]
+    by_path: dict[Path, str] = {}  # one file listed under two names of one method (`embed`, `biencoder`)
+    for name, path_found in found:
+        if path_found not in by_path or name == _recipe_type(path_found):
+            by_path[path_found] = name
+    matches = [(name, path_found) for path_found, name in by_path.items()]
     if len(matches) == 1:
         return str(matches[0][1])
     if len(matches) > 1:
