@@ -308,7 +308,6 @@ def test_keys_arctic_does_not_have_are_refused_together_with_reasons(tmp_path, m
         scheduler: {{name: polynomial, scheduler_specific_kwargs: {{power: 2.0}}}}
         data:
           fail_on_missing_cache: true
-          ignore_empty_think: true
           sources:
             - type: snowflake
               sql: SELECT TEXT FROM T
@@ -329,7 +328,6 @@ def test_keys_arctic_does_not_have_are_refused_together_with_reasons(tmp_path, m
         "scheduler.name",
         "scheduler.scheduler_specific_kwargs.power",
         "data.fail_on_missing_cache",
-        "data.ignore_empty_think",
         "data.sources[0].type",
     ):
         assert f"{key}: Arctic does not have this ArcticTraining key" in output, key

@@ -123,9 +123,6 @@ KEYS: dict[str, Kept | Refused] = {
     "data.repeat_to_pack_max_length": Kept(
         "Arctic packs each sample once; repeat data with min_iterations or epochs", False
     ),
-    "data.ignore_empty_think": Refused(
-        "Arctic has no special masking of empty <think></think> blocks; strip them from the data", False
-    ),
     # [scheduler]
     "scheduler.learning_rate": Refused("set optimizer.lr (ArcticTraining refuses this key too)", None),
     "scheduler.lr": Refused("set optimizer.lr (ArcticTraining refuses this key too)", None),
