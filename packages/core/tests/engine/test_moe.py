@@ -124,7 +124,7 @@ class RoutingRecorder(RecorderTrainer):
         return out
 
 
-@pytest.fixture(scope="module", params=["qwen3_moe", "mixtral"])
+@pytest.fixture(scope="module", params=ARCHS)
 def launched(request, moe_dirs, tmp_path_factory) -> tuple[str, Path]:
     arch = request.param
     out = tmp_path_factory.mktemp(f"two-ranks-{arch}")
