@@ -139,6 +139,9 @@ def test_causal_trains_on_packed_plain_text(tmp_path, tiny_model_dirs):
     assert any(row["position_ids"].count(0) > 1 for row in rows), "some rows hold several documents"
     batch = trainer.collate([trainer.train_dataset[i] for i in range(2)])
     assert "attention_mask" not in batch  # packed: kept apart by position ids
+    assert trainer.engine.module.config._attn_implementation == "arctic_packed_sdpa"  # one sample at a time
+    log = (out / "logs" / "rank_0.log").read_text()
+    assert "packed samples: attended one at a time" in log
     assert int((batch["labels"] != -100).sum()) > 0.8 * int((batch["position_ids"] > 0).sum())
     losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl")]
     assert losses[-1] < losses[0]

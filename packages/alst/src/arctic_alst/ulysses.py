@@ -44,6 +44,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from arctic_alst.config import SUPPORTED  # in the light config module: the recipe check uses it
+from arctic_core.engine.packed_attention import attend_segments, segments
 from arctic_core.errors import ArcticError, RecipeError
 
 NAME = "arctic_ulysses"
@@ -100,21 +101,6 @@ def check_heads(config: Any, size: int) -> None:
     problem = heads_problem(heads, getattr(text, "num_key_value_heads", None) or heads, size)
     if problem:
         raise RecipeError(problem, path="sequence_parallel_size")
-
-
-def segments(positions: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """Per row of `[B, n]` position ids: the (start, end) of each run of consecutive positions."""
-    starts = torch.ones_like(positions, dtype=torch.bool)
-    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    out = []
-    for row in starts.cpu():
-        begin = row.nonzero().flatten().tolist()
-        out.append(list(zip(begin, [*begin[1:], row.numel()])))
-    return out
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, dropout: float) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling)
 
 
 def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, dropout: float) -> torch.Tensor:
@@ -240,24 +226,9 @@ class UlyssesAttention:
         """Causal attention within each segment of each row: [B, hq, n, D] (k, v: [B, hkv, n, D])."""
         if self.implementation.startswith("flash_attention"):
             return _flash(q, k, v, rows, scaling, dropout)
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        core = _sdpa if self.implementation == "sdpa" else _eager
-        outputs = []
-        for row, segs in enumerate(rows):
-            pieces = [
-                core(
-                    q[row : row + 1, :, s:e],
-                    k[row : row + 1, :, s:e],
-                    v[row : row + 1, :, s:e],
-                    scaling,
-                    dropout,
-                )
-                for s, e in segs
-            ]
-            outputs.append(torch.cat(pieces, dim=2))
-        return torch.cat(outputs, dim=0)
+        return attend_segments(
+            q, k, v, rows, scaling, dropout, core=_eager if self.implementation == "eager" else None
+        )
 
 
 _BY_MODULE: weakref.WeakKeyDictionary[torch.nn.Module, UlyssesAttention] = weakref.WeakKeyDictionary()

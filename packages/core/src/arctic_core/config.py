@@ -119,7 +119,7 @@ class ModelConfig:
     dtype: str = setting("bf16", doc="Training precision: bf16, fp32, or fp16 (GPUs only).", check=_dtype)
     attn_implementation: str = setting(
         "sdpa",
-        doc="Attention backend: sdpa, eager, flash_attention_2, flash_attention_3 or flex_attention.",
+        doc="Attention backend: sdpa (packed samples attended one at a time), eager, flash_attention_2, flash_attention_3 or flex_attention.",
         check=one_of("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
     )
     disable_activation_checkpoint: bool | None = setting(

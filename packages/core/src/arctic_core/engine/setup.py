@@ -155,8 +155,9 @@ def loaders(trainer: Trainer) -> None:
 
 
 def model(trainer: Trainer) -> None:
-    """Build the model, let the method transform it, add PEFT adapters, choose the trainable parameters;
-    for an MoE model, mark its sparse blocks as ZeRO-3 leaf modules and hook its routers (`engine.moe`)."""
+    """Build the model, let the method transform it, attend packed samples one at a time
+    (`engine.packed_attention`), add PEFT adapters, choose the trainable parameters; for an MoE
+    model, mark its sparse blocks as ZeRO-3 leaf modules and hook its routers (`engine.moe`)."""
     from arctic_core.engine.model import apply_activation_checkpointing
     from arctic_core.engine.moe import prepare_moe
     from arctic_core.engine.peft import apply_adapters
@@ -173,6 +174,11 @@ def model(trainer: Trainer) -> None:
     trainer.log.info("activation checkpointing %s: %s", "on" if checkpointing else "off", why)
     built = trainer.transform_model(built)
     built = trainer.features.transform_model(trainer, built)
+    if getattr(getattr(trainer.config, "data", None), "pack_samples", False):
+        from arctic_core.engine import packed_attention
+
+        why_not = packed_attention.enable(built)
+        trainer.log.info("packed samples: %s", packed_attention.how_kept_apart(built, why_not))
     built = apply_adapters(
         built, trainer.config.model, seed=trainer.config.seed, activation_checkpointing=checkpointing
     )
