@@ -142,6 +142,7 @@ def test_causal_trains_on_packed_plain_text(tmp_path, tiny_model_dirs):
     assert trainer.engine.module.config._attn_implementation == "arctic_packed_sdpa"  # one sample at a time
     log = (out / "logs" / "rank_0.log").read_text()
     assert "packed samples: attended one at a time" in log
+    assert "host memory: freed blocks up to 1 GiB stay in the process" in log  # CPU: engine.host_memory
     assert int((batch["labels"] != -100).sum()) > 0.8 * int((batch["position_ids"] > 0).sum())
     losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl")]
     assert losses[-1] < losses[0]

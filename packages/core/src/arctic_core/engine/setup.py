@@ -155,13 +155,24 @@ def loaders(trainer: Trainer) -> None:
 
 
 def model(trainer: Trainer) -> None:
-    """Build the model, let the method transform it, attend packed samples one at a time
+    """On CPU keep freed host memory (`engine.host_memory`); build the model, let the method transform
+    it, attend packed samples one at a time
     (`engine.packed_attention`), add PEFT adapters, choose the trainable parameters; for an MoE
     model, mark its sparse blocks as ZeRO-3 leaf modules and hook its routers (`engine.moe`)."""
     from arctic_core.engine.model import apply_activation_checkpointing
     from arctic_core.engine.moe import prepare_moe
     from arctic_core.engine.peft import apply_adapters
 
+    if trainer.device.type == "cpu":  # PyTorch caches no host memory: glibc would re-fault it each step
+        from arctic_core.engine.host_memory import keep_freed_memory
+
+        why_not = keep_freed_memory()
+        trainer.log.info(
+            "host memory: %s",
+            "freed blocks up to 1 GiB stay in the process"
+            if why_not is None
+            else f"freed blocks go back to the system ({why_not})",
+        )
     trainer.features.before_model(trainer)
     built = trainer.build_model()
     checkpointing, why = apply_activation_checkpointing(
