@@ -191,6 +191,9 @@ def run_arctic(folder: Path, args: argparse.Namespace, *, model: str, packed: bo
     if done.returncode:
         raise SystemExit(f"arctic failed:\n{done.stdout[-4000:]}")
     print_profile(done.stdout)
+    for line in done.stdout.splitlines():
+        if line.startswith("FAULTS ") or "host memory" in line:
+            print(line)
     lines = [json.loads(x) for x in (folder / path.stem / "metrics.jsonl").open()]
     timed = lines[args.warmup :]
     cpu = json.loads(cpu_file.read_text())[args.warmup :]
@@ -229,6 +232,10 @@ def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
     from arctic_core.recipe import load_recipe
 
     flatten, model_name, batch = args.flatten, args.model, args.batch
+    if args.trainer_keep_memory:  # what Arctic does on CPU (arctic_core.engine.host_memory)
+        from arctic_core.engine.host_memory import keep_freed_memory
+
+        assert keep_freed_memory() is None
     path = recipe(
         folder,
         model=model_name,
@@ -336,6 +343,7 @@ def run_trainer(folder: Path, args: argparse.Namespace, *, model: str, batch: in
         args.dtype,
     ]
     command += ["--flatten"] if flatten else []
+    command += ["--trainer-keep-memory"] if args.trainer_keep_memory else []
     command += ["--profile"] if args.profile else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -397,6 +405,11 @@ def main() -> None:
         help="an override for Arctic's runs (`arctic train --set`)",
     )
     parser.add_argument("--profile", action="store_true", help="print the top 10 ops per step of each run")
+    parser.add_argument(
+        "--trainer-keep-memory",
+        action="store_true",
+        help="give the Trainer's process Arctic's CPU malloc thresholds (arctic_core.engine.host_memory)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--flatten", action="store_true", help=argparse.SUPPRESS)
@@ -432,6 +445,7 @@ def main() -> None:
         f"\n{started}; machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load_before:.1f} at the "
         f"start and {os.getloadavg()[0]:.1f} at the end; {args.warmup} warm-up + {args.steps} timed steps, "
         f"micro batch {args.batch}, {args.dtype}, sdpa"
+        + ("; the Trainer with Arctic's malloc thresholds" if args.trainer_keep_memory else "")
     )
     print_table(rows)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,13 @@ class BenchSFTTrainer(SFTTrainer):
         now = time.process_time()
         if self.started is not None:
             self.cpu_times.append(now - self.started)
+            if os.environ.get("BENCH_FAULTS"):
+                sys_now, faults = os.times().system, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                print(
+                    f"FAULTS system {sys_now - self.sys0:.2f} s, {faults - self.faults0} minor faults",
+                    flush=True,
+                )
+        self.sys0, self.faults0 = os.times().system, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if self.profiled is not None:
             self.profiled.__exit__(None, None, None)
             self.profiled = None
