@@ -145,3 +145,22 @@ def test_quickstart_learns_and_stops_at_end_of_turn(tmp_path):
     assert len(answer) < 16
     assert tokenizer.decode(answer, skip_special_tokens=True).strip() == row["messages"][1]["content"]
     assert torch.isfinite(torch.tensor(read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["loss"]))
+
+
+@pytest.mark.parametrize("verb", [("plan", "--hardware", "1xH100"), ("verify",)])
+def test_another_methods_command_names_the_recipes_own(tmp_path, verb):
+    """`arctic dpo plan` given an sft recipe: exit 2, naming the command that takes it (not `... train`)."""
+    import subprocess
+    import sys
+
+    recipe = REPO / "packages" / "sft" / "recipes" / "quickstart.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "arctic_core", "dpo", *verb, str(recipe)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "type is 'sft', not 'dpo'" in done.stderr and "`arctic sft ...`" in done.stderr
+    assert "Traceback" not in done.stderr

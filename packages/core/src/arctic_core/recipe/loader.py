@@ -337,7 +337,8 @@ def resolve_type(type_name: str, source: str, method: str | None = None) -> tupl
         and not plugins.same_method(method, type_name)
     ):
         raise RecipeError(
-            f"the recipe's type is {type_name!r} but the command is `arctic {method} train`",
+            f"the recipe's type is {type_name!r}, not {method!r}: run it with `arctic {type_name} ...` "
+            "(or `arctic train`, which takes any type)",
             path="type",
             source=source,
         )
