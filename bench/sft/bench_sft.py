@@ -235,7 +235,9 @@ def trainer_worker(folder: Path, args: argparse.Namespace) -> None:
     if args.trainer_keep_memory:  # what Arctic does on CPU (arctic_core.engine.host_memory)
         from arctic_core.engine.host_memory import keep_freed_memory
 
-        assert keep_freed_memory() is None
+        why_not = keep_freed_memory()
+        if why_not is not None:
+            raise SystemExit(f"--trainer-keep-memory: {why_not}")
     path = recipe(
         folder,
         model=model_name,

@@ -3,7 +3,8 @@
 `type = "sft_bench"` is Arctic's SFT trainer unchanged, plus, per optimizer step, the process's CPU
 time (`time.process_time`, written as JSON to `$BENCH_CPU_TIMES` at the end: on a shared machine it is
 far steadier than wall time) and, with `BENCH_PROFILE_STEPS` > 0, a torch.profiler window of that
-many steps after `BENCH_PROFILE_SKIP` steps, printed as the top 10 operators per step.
+many steps after `BENCH_PROFILE_SKIP` steps, printed as the top 10 operators per step; with
+`BENCH_FAULTS` set, each step's system time and minor page faults (`FAULTS ...` lines).
 
 A step is timed from the loop's `train_start` (or the previous `step_end`) to its `step_end` event:
 the step itself, its metrics line, and the main process's share of fetching the next micro-batches
@@ -41,15 +42,15 @@ class BenchSFTTrainer(SFTTrainer):
     def tick(self) -> None:
         """A step boundary: close the step that ran (its CPU time, its profiler range), open the next."""
         now = time.process_time()
+        kernel = (os.times().system, resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         if self.started is not None:
             self.cpu_times.append(now - self.started)
             if os.environ.get("BENCH_FAULTS"):
-                sys_now, faults = os.times().system, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 print(
-                    f"FAULTS system {sys_now - self.sys0:.2f} s, {faults - self.faults0} minor faults",
+                    f"FAULTS system {kernel[0] - self.kernel[0]:.2f} s, {kernel[1] - self.kernel[1]} minor faults",
                     flush=True,
                 )
-        self.sys0, self.faults0 = os.times().system, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self.kernel = kernel
         if self.profiled is not None:
             self.profiled.__exit__(None, None, None)
             self.profiled = None
